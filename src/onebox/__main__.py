@@ -1,0 +1,3 @@
+from onebox.cli.main import main
+
+main()

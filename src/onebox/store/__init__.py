@@ -1,0 +1,1 @@
+"""Metadata store (SQLAlchemy + Alembic) and the content-addressed artifact store."""

@@ -1,0 +1,262 @@
+"""SQLAlchemy models of the metadata store; the same models run on SQLite and PostgreSQL.
+
+Every resource has an id, a project, a name, a status and created/updated timestamps, and
+points at what it came from (lineage) through foreign keys. Schema changes go through Alembic
+migrations in ``store/migrations``; never ``create_all`` outside tests of the migrations.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """A readable, collision-free id such as ``mv_3f2a...``; the prefix says the resource kind."""
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone on its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Timestamped:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False
+    )
+
+
+class Project(Timestamped, Base):
+    """A tenant: every other resource belongs to exactly one project."""
+
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    status: Mapped[str] = mapped_column(String(32), default="active", nullable=False)
+    description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+
+
+class ProjectScoped(Timestamped):
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    status: Mapped[str] = mapped_column(String(32), nullable=False)
+
+
+class Model(ProjectScoped, Base):
+    """A named model line (e.g. ``smollm2-135m-instruct``) whose versions are immutable."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # chat | embedding | ...
+    description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    builtin: Mapped[str | None] = mapped_column(String(64))  # catalog key when built in
+
+    versions: Mapped[list[ModelVersion]] = relationship(
+        back_populates="model", order_by="ModelVersion.version", foreign_keys="ModelVersion.model_id"
+    )
+
+
+class ModelVersion(ProjectScoped, Base):
+    """An immutable model version: a manifest of blobs plus lineage and facts about it."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    format: Mapped[str] = mapped_column(String(32), nullable=False)  # safetensors | gguf | lora | st
+    manifest_digest: Mapped[str | None] = mapped_column(String(64))
+    checksum: Mapped[str | None] = mapped_column(String(64))  # sha256 of the manifest
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    license: Mapped[str | None] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    architecture: Mapped[str | None] = mapped_column(String(128))
+    parameters: Mapped[int | None] = mapped_column(BigInteger)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    # lineage
+    base_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    dataset_version_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    # jobs also point at model versions (their inputs): the cycle is closed after both exist.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", use_alter=True))
+
+    model: Mapped[Model] = relationship(back_populates="versions", foreign_keys=[model_id])
+
+
+class ModelAlias(ProjectScoped, Base):
+    """A movable pointer (``prod``, ``staging``) from a model to one of its versions."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True, nullable=False)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True, nullable=False)
+
+
+class Dataset(ProjectScoped, Base):
+    """A named dataset whose versions are immutable and content-hashed."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+
+
+class DatasetVersion(ProjectScoped, Base):
+    """One imported, validated, cleaned and split snapshot of a dataset."""
+
+    __tablename__ = "dataset_versions"
+    # content_hash is unique among *ready* versions only (a deleted one may be imported again),
+    # which the service enforces; the index makes that lookup cheap.
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version"),
+        Index("ix_dataset_versions_content", "dataset_id", "content_hash"),
+    )
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    manifest_digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    schema: Mapped[str] = mapped_column(String(32), nullable=False)  # messages | alpaca | ... (source)
+    source_format: Mapped[str] = mapped_column(String(16), nullable=False)
+    source_name: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    num_train: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    num_validation: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    num_quarantined: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    # lineage
+    parent_version_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", use_alter=True))
+
+
+class Job(ProjectScoped, Base):
+    """A unit of work run by an executor (training, evaluation, conversion...)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_priority", "status", "priority"),)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    priority: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    progress: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    result: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # lineage
+    input_model_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    input_dataset_version_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
+
+
+class Deployment(ProjectScoped, Base):
+    """A served model version (plus adapters) behind the gateway."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True, nullable=False)
+    alias: Mapped[str | None] = mapped_column(String(64))
+    replicas: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+
+
+class KnowledgeBase(ProjectScoped, Base):
+    """A document collection indexed for retrieval with one embedding model version."""
+
+    __tablename__ = "knowledge_bases"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    embedding_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+
+
+class Event(Base):
+    """Something that happened to a resource: the audit trail of the registry and jobs."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_resource", "resource_type", "resource_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), index=True)
+    resource_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource_id: Mapped[str | None] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    severity: Mapped[str] = mapped_column(String(16), default="info", nullable=False)
+    message: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True, nullable=False)
+
+
+class Blob(Base):
+    """A content-addressed blob known to the store (the bytes live in the artifact backend).
+
+    Its reference count is the number of :class:`ArtifactRef` rows naming it; a blob with none
+    is garbage for ``onebox gc``."""
+
+    __tablename__ = "blobs"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+class ArtifactRef(Base):
+    """One owner's reference to a blob; a blob with no references is garbage."""
+
+    __tablename__ = "artifact_refs"
+    __table_args__ = (UniqueConstraint("digest", "owner_type", "owner_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"), index=True, nullable=False)
+    owner_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    owner_id: Mapped[str] = mapped_column(String(32), index=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
