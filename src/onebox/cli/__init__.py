@@ -1,0 +1,1 @@
+"""The ``onebox`` command line: thin Typer commands over the services."""

@@ -1,0 +1,133 @@
+"""``onebox``: entry point, error handling and the top-level commands (init, gc, verify).
+
+Exit codes: 0 success, 1 unexpected error, 2 usage error, 3 not found, 4 invalid input,
+5 conflict (duplicate, in use), 6 integrity (corrupted or missing artifact), 7 missing optional
+dependency, 8 metadata store unreachable, 9 model could not be loaded, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import click
+import typer
+from rich.table import Table
+
+from onebox import __version__
+from onebox.cli import data as data_cli
+from onebox.cli import models as models_cli
+from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
+from onebox.cli.state import JsonOpt, get_app, settings
+from onebox.errors import OneboxError
+
+app = typer.Typer(
+    name="onebox",
+    help="onebox: train, register, serve and watch LLMs on one box (训推一体机).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_cli.app, name="models")
+app.add_typer(data_cli.app, name="data")
+
+
+@app.command()
+def version() -> None:
+    """Print the onebox version."""
+    console.print(__version__)
+
+
+@app.command()
+def init(
+    builtins: Annotated[bool, typer.Option(help="Install the built-in models (converted once).")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create the home folder, migrate the metadata store and install the built-in models."""
+    from onebox.services import system
+
+    with progress_bar(enabled=not json_out) as progress:
+        prefixed = {}
+
+        def progress_for(key: str):  # type: ignore[no-untyped-def]
+            return prefixed.setdefault(key, lambda st, d, t: progress(f"{key[:10]} {st}", d, t))
+
+        app_, info = system.init(settings(), builtins=builtins, progress_for=progress_for)
+    app_.close()
+    if json_out:
+        print_json(info)
+        return
+    console.print(f"[green]onebox is ready[/] at {info['home']}")
+    console.print(f"  database   {info['database']} (schema {info['schema_revision']})")
+    console.print(f"  artifacts  {info['artifacts']}")
+    for b in info["builtins"]:
+        state = "installed" if b["created"] else "already installed"
+        console.print(f"  model      {b['name']}:{b['version']} {state}")
+
+
+@app.command()
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be freed.")] = False,
+    grace: Annotated[
+        int | None, typer.Option(help="Keep unreferenced blobs younger than this many seconds.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete blobs that no model or dataset version references any more."""
+    from onebox.services import artifacts
+
+    report = artifacts.gc(get_app(), dry_run=dry_run, grace_seconds=grace)
+    if json_out:
+        print_json(report.as_dict())
+        return
+    verb = "would free" if dry_run else "freed"
+    console.print(
+        f"{verb} {human_size(report.bytes_freed)}: {report.blobs_deleted} unreferenced blobs, "
+        f"{report.orphans_deleted} orphan objects, {report.checkouts_deleted} stale checkouts; "
+        f"kept {report.blobs_kept} blobs"
+    )
+
+
+@app.command()
+def verify(json_out: JsonOpt = False) -> None:
+    """Re-hash every stored blob and report any that are missing or corrupted (exit 6 if so)."""
+    from onebox.services import artifacts
+
+    with progress_bar(enabled=not json_out) as progress:
+        result = artifacts.verify_all(get_app(), progress)
+    if json_out:
+        print_json(result)
+    else:
+        table = Table("blob", "problem")
+        for d, code in result["bad"].items():
+            table.add_row(d, code)
+        if result["bad"]:
+            console.print(table)
+        console.print(f"checked {result['checked']} blobs, {len(result['bad'])} bad")
+    if result["bad"]:
+        raise typer.Exit(6)
+
+
+def _report_error(exc: OneboxError) -> None:
+    if "--json" in sys.argv:
+        print_json({"error": exc.as_dict()})
+        return
+    err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    for p in exc.problems:
+        err_console.print(f"  - {p}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except OneboxError as exc:
+        _report_error(exc)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(130)

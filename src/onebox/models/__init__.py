@@ -1,0 +1,1 @@
+"""Model formats: HF directories, safetensors, GGUF conversion, sentence-transformers; the catalog."""

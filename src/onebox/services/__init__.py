@@ -1,0 +1,1 @@
+"""Use cases, one module per resource; the CLI and API are thin layers over these."""
