@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     project: str = "default"
     """Project (tenant) that commands act in when none is named."""
 
-    max_import_bytes: int = 2 * 1024**3
+    max_import_bytes: int = 512 * 1024**2
     """Largest dataset file accepted by ``onebox data import`` (bytes)."""
 
     gc_grace_seconds: int = 3600

@@ -37,11 +37,13 @@ def test_converted_smollm2_answers_sensibly(builtin_app: App) -> None:
     assert not getattr(model.config, "quantization_config", None)
     enc = tok.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=24, do_sample=False)
-    answer = tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0][enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
 
 

@@ -107,14 +107,22 @@ def test_delete_refuses_in_use_versions(app: App, tiny_model_dir: Path, tmp_path
         models.delete(app, "tiny:1")
     models.delete_alias(app, "tiny", "prod")
     with app.db.session() as s:
-        s.add(Deployment(id=new_id("dep"), project_id=base.project_id, name="chat", status="running",
-                         model_version_id=base.id))
+        s.add(
+            Deployment(
+                id=new_id("dep"),
+                project_id=base.project_id,
+                name="chat",
+                status="running",
+                model_version_id=base.id,
+            )
+        )
     with pytest.raises(InUseError, match="deployment 'chat'"):
         models.delete(app, "tiny:1")
     with app.db.session() as s:
         s.scalar(select(Deployment)).status = "stopped"
-    child = models.register(app, "tiny-ft", str(_variant(tiny_model_dir, tmp_path / "ft", "ft")),
-                            base_version_id=base.id).version
+    child = models.register(
+        app, "tiny-ft", str(_variant(tiny_model_dir, tmp_path / "ft", "ft")), base_version_id=base.id
+    ).version
     with pytest.raises(InUseError, match="base of tiny-ft:1"):
         models.delete(app, "tiny")
     assert models.show(app, "tiny-ft:1")["lineage"]["base_version"] == "tiny:1"

@@ -23,6 +23,7 @@ def _options(**kw: Any) -> Any:
     clean = CleanConfig(
         near_duplicate_threshold=None if kw["no_near_dedupe"] else kw["near_dup"],
         redact_pii=kw["redact_pii"],
+        pii_allow=list(kw["pii_allow"] or []),
         max_chars=kw["max_chars"],
     )
     opts = ImportOptions(
@@ -53,6 +54,9 @@ def import_(
     redact_pii: Annotated[
         bool, typer.Option("--redact-pii", help="Mask emails, phones, ID and card numbers.")
     ] = False,
+    pii_allow: Annotated[
+        list[str] | None, typer.Option("--pii-allow", help="A string never redacted (repeatable).")
+    ] = None,
     near_dup: Annotated[
         float, typer.Option(help="Jaccard similarity above which rows are near-duplicates.")
     ] = 0.9,
@@ -70,6 +74,7 @@ def import_(
         validation_fraction=validation_fraction,
         max_bad_fraction=max_bad_fraction,
         redact_pii=redact_pii,
+        pii_allow=pii_allow,
         near_dup=near_dup,
         no_near_dedupe=no_near_dedupe,
         max_chars=max_chars,
@@ -158,13 +163,15 @@ def preview(
             f"[bold]line {r.get('line')}[/]"
             + (f"  [red]{r['reason']}[/] {r.get('detail') or ''}" if "reason" in r else "")
         )
-        if r.get("messages"):
-            for m in r["messages"]:
-                console.print(f"  [cyan]{m['role']}[/]: {m['content']}", highlight=False)
-        elif "text" in r and r["text"] is not None:
-            console.print(f"  {r['text']}", highlight=False)
+        body = r.get("content") or r.get("original") or r  # quarantine rows keep what was removed
+        if isinstance(body, dict) and body.get("messages"):
+            for m in body["messages"]:
+                console.print(f"  [cyan]{m.get('role')}[/]: {m.get('content')}", highlight=False)
+        elif isinstance(body, dict) and body.get("text") is not None:
+            console.print(f"  {body['text']}", highlight=False)
         else:
-            console.print(f"  {json.dumps(r.get('content', r), ensure_ascii=False)[:500]}", highlight=False)
+            raw = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+            console.print(f"  {raw[:500]}", highlight=False)
 
 
 @app.command()
@@ -196,15 +203,22 @@ def _flatten(rep: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
         if isinstance(v, dict):
             out.extend(_flatten(v, key + "."))
         elif isinstance(v, list):
-            shown = "; ".join(
-                (f"line {x.get('line')}: {x.get('reason')}" if isinstance(x, dict) else str(x))
-                for x in v[:10]
-            )
+            shown = "; ".join(_item(x) for x in v[:10])
             more = f" (+{len(v) - 10} more)" if len(v) > 10 else ""
             out.append((key, (shown + more) or "-"))
         else:
             out.append((key, str(v)))
     return out
+
+
+def _item(x: Any) -> str:
+    if not isinstance(x, dict):
+        return str(x)
+    if "line" in x:
+        return f"line {x['line']}: {x.get('detail') or x.get('reason')}"
+    if "step" in x:
+        return f"{x['step']} {x.get('rows_in')}→{x.get('rows_out')}"
+    return json.dumps(x, ensure_ascii=False)
 
 
 @app.command()

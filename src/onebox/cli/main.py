@@ -50,7 +50,7 @@ def init(
         prefixed = {}
 
         def progress_for(key: str):  # type: ignore[no-untyped-def]
-            return prefixed.setdefault(key, lambda st, d, t: progress(f"{key[:10]} {st}", d, t))
+            return prefixed.setdefault(key, lambda st, d, t: progress(f"{key} {st}", d, t))
 
         app_, info = system.init(settings(), builtins=builtins, progress_for=progress_for)
     app_.close()
@@ -119,7 +119,9 @@ def _report_error(exc: OneboxError) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns the code of typer.Exit instead of exiting.
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except OneboxError as exc:
         _report_error(exc)
         sys.exit(exc.exit_code)

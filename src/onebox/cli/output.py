@@ -72,7 +72,7 @@ def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
         return
     bar = Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description:<16}"),
+        TextColumn("[bold]{task.description:<30}"),
         BarColumn(),
         _CountColumn(),
         TimeElapsedColumn(),
@@ -82,10 +82,10 @@ def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
     tasks: dict[str, TaskID] = {}
 
     def report(stage: str, done: int, total: int | None) -> None:
-        key = stage.split(" ")[0]
-        if key not in tasks:
-            tasks[key] = bar.add_task(stage[:16], total=total, bytes=key in BYTE_STAGES)
-        bar.update(tasks[key], completed=done, total=total, description=stage[:16])
+        if stage not in tasks:
+            is_bytes = any(word in BYTE_STAGES for word in stage.split())
+            tasks[stage] = bar.add_task(stage, total=total, bytes=is_bytes)
+        bar.update(tasks[stage], completed=done, total=total)
 
     with bar:
         yield report

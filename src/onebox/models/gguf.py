@@ -36,13 +36,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressFn = null_pro
     except ImportError as exc:
         raise DependencyMissingError(f"GGUF conversion needs transformers and gguf: {exc}") from exc
 
-    progress("load gguf", 0, 3)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # onebox draws its own progress; tqdm bars would interleave
+    progress("convert", 0, 3)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     except Exception as exc:  # transformers raises many types for unsupported GGUF content
         raise ModelLoadError(f"cannot load GGUF {gguf_path.name}: {exc}") from exc
-    progress("load gguf", 1, 3)
+    progress("convert", 1, 3)
 
     # The tensors are de-quantized already; drop the flags that block saving.
     model.hf_quantizer = None
@@ -53,7 +56,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressFn = null_pro
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    progress("save", 2, 3)
+    progress("convert", 2, 3)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.save_pretrained(out_dir)
@@ -64,7 +67,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressFn = null_pro
     (out_dir / "onebox_source.json").write_text(
         json.dumps({"converted_from": gguf_path.name, "format": "gguf"}, indent=2)
     )
-    progress("save", 3, 3)
+    progress("convert", 3, 3)
     return {
         "architecture": (model.config.architectures or [type(model).__name__])[0],
         "parameters": sum(p.numel() for p in model.parameters()),

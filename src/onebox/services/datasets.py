@@ -118,11 +118,11 @@ def import_file(
                         f"dataset {ds.name!r} holds {_kind(last.schema)} data but {path.name} is "
                         f"{_kind(prepared.schema)} ({prepared.schema}); import it under another name"
                     )
-        progress("store", 0, len(prepared.files))
+        progress("save", 0, len(prepared.files))
         infos: dict[str, BlobInfo] = {}
         for i, (_key, file) in enumerate(sorted(prepared.files.items()), 1):
             infos[file.name] = app.blobs.put_file(file)
-            progress("store", i, len(prepared.files))
+            progress("save", i, len(prepared.files))
         manifest = {"files": {n: {"digest": b.digest, "size": b.size} for n, b in infos.items()}}
         manifest_blob = app.blobs.put_json(manifest)
         with app.db.session() as s:
@@ -239,7 +239,7 @@ def show(app: App, ref: str) -> dict[str, Any]:
     r = parse_ref(ref, "dataset")
     with app.db.session() as s:
         pid = _pid(s, app)
-        if r.version is not None:
+        if r.version is not None or r.alias is not None:
             return version_dict(s, resolve(s, pid, r))
         ds = get_dataset(s, pid, r.name)
         versions = s.scalars(

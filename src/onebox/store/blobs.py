@@ -101,7 +101,7 @@ class BlobStore:
     # -- writing -------------------------------------------------------------------------------
     def put_file(self, path: Path, progress: ProgressFn = null_progress) -> BlobInfo:
         """Store a file; a blob that is already present is not written again."""
-        info = sha256_file(path, progress, stage=f"hash {path.name}")
+        info = sha256_file(path, progress)
         if not self.backend.exists(info.digest):
             self.backend.write_atomic(info.digest, self.codec.encode(info.digest, _read_file(path)))
         return info
