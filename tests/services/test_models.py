@@ -150,3 +150,12 @@ def test_checkout_gives_a_loadable_directory(sqlite_app: App, tiny_model_dir: Pa
     models.register(sqlite_app, "tiny", str(tiny_model_dir))
     out = models.checkout(sqlite_app, "tiny")
     assert AutoConfig.from_pretrained(out).hidden_size == 32
+
+
+def test_hub_id_offline_gives_a_clear_error(sqlite_app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from onebox.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="register the directory instead"):
+        models.register(sqlite_app, "qwen", "Qwen/Qwen2.5-0.5B-Instruct")
+    assert [r for r in models.list_models(sqlite_app) if r["name"] == "qwen"] == []

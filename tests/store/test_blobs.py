@@ -96,3 +96,28 @@ def test_checkout_over_fsspec_copies(tmp_path: Path) -> None:
     mblob, _ = store.put_tree(_tree(tmp_path / "src"))
     out = store.checkout(mblob.digest)
     assert (out / "config.json").read_text() == '{"a": 1}'
+
+
+class _XorCodec:
+    """A stand-in for the encryption codec: stored bytes differ from the plaintext."""
+
+    name = "xor-test"
+    transparent = False
+
+    def encode(self, digest, chunks):
+        return (bytes(b ^ 0x5A for b in c) for c in chunks)
+
+    def decode(self, digest, stream):
+        while chunk := stream.read(1 << 20):
+            yield bytes(b ^ 0x5A for b in chunk)
+
+
+def test_codec_seam_stores_transformed_bytes_and_verifies_plaintext(tmp_path: Path) -> None:
+    store = BlobStore(LocalBackend(tmp_path / "a"), tmp_path / "co", codec=_XorCodec())
+    mblob, manifest = store.put_tree(_tree(tmp_path / "src"))
+    entry = manifest.entry("config.json")
+    assert store.backend.local_path(entry.digest).read_bytes() != b'{"a": 1}'  # not plaintext at rest
+    assert entry.digest == hashlib.sha256(b'{"a": 1}').hexdigest()  # addressed by plaintext
+    out = store.checkout(mblob.digest)
+    assert (out / "config.json").read_bytes() == b'{"a": 1}'
+    assert not (out / "config.json").samefile(store.backend.local_path(entry.digest))  # copied, not linked

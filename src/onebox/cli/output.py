@@ -33,7 +33,7 @@ def print_json(obj: Any) -> None:
 
 
 def human_size(n: int | None) -> str:
-    if not n:
+    if n is None:
         return "-"
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
