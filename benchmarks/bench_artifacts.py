@@ -4,7 +4,7 @@
 
 Prints medians of: copying the file with shutil.copyfile (baseline: what storing costs with no
 hashing or atomicity), put_file of a new blob (hash + write + fsync + rename), put_file of a blob
-already stored (hash only), a verified read, and a verified checkout (hard link on a local store).
+already stored (hash and verify), a verified read, and a verified checkout (a copy).
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ def main() -> None:
         for name, sec in [
             ("baseline: shutil.copyfile", base),
             ("put_file, new blob (hash+write+fsync)", put_new),
-            ("put_file, already stored (hash only)", put_dup),
+            ("put_file, already stored (hash+verify)", put_dup),
             ("read_bytes, verified", read),
-            ("checkout, verified (hard link)", checkout),
+            ("checkout, verified copy", checkout),
         ]:
             print(f"{name:38} {sec:8.3f} {size / sec:8.0f} {sec / base:11.2f}x")
 

@@ -96,19 +96,25 @@ def test_bad_inputs_exit_codes(home: Path, tmp_path: Path, tiny_model_dir: Path)
 
 
 def test_corrupted_blob_is_reported(home: Path, demo_dir: Path) -> None:
+    from onebox.config import Settings
+    from onebox.services import datasets
+    from onebox.services.context import open_app
+
     ok_json(home, "data", "import", str(demo_dir / "varnolia_sft.jsonl"), "--name", "v")
-    objects = sorted((home / "artifacts" / "objects").rglob("*"), key=lambda p: p.stat().st_size)
-    parquet = next(p for p in objects if p.is_file() and p.read_bytes()[:4] == b"PAR1")
-    data = bytearray(parquet.read_bytes())
+    app = open_app(Settings(home=home))
+    _, files = datasets._manifest(app, "v")
+    app.close()
+    digest = files["train.parquet"]["digest"]
+    blob = home / "artifacts" / "objects" / digest[:2] / digest[2:]
+    data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    parquet.unlink()  # blobs are hard-linked from the shared home: replace, never write through
-    parquet.write_bytes(bytes(data))
-    res = run(home, "verify")
-    assert res.returncode == 6
+    blob.unlink()  # blobs are hard-linked from the shared home: replace, never write through
+    blob.write_bytes(bytes(data))
+    res = run(home, "verify", "--json")
+    assert res.returncode == 6 and digest in json.loads(res.stdout)["bad"]
     res = run(home, "data", "preview", "v", "--split", "train")
-    res2 = run(home, "data", "preview", "v", "--split", "validation")
-    assert 6 in (res.returncode, res2.returncode)
-    assert "corrupted" in (res.stderr + res2.stderr)
+    assert res.returncode == 6 and "corrupted" in res.stderr
+    assert run(home, "data", "preview", "v", "--split", "validation").returncode == 0  # other blobs fine
 
 
 def test_delete_and_gc(home: Path, tiny_model_dir: Path) -> None:

@@ -194,3 +194,24 @@ def test_demo_dataset_imports_cleanly(sqlite_app: App, demo_dir: Path) -> None:
     assert dv.num_train > 250 and dv.num_validation > 20
     removed = rep["cleaning"]["removed"]
     assert (removed["exact_duplicate"], removed["near_duplicate"]) == (2, 2)  # the deliberate dirty rows
+
+
+def test_bad_file_into_new_name_creates_nothing(app: App, tmp_path: Path) -> None:
+    from onebox.store.tables import ArtifactRef, Blob
+
+    bad = tmp_path / "a.csv"
+    bad.write_text("instruction,answer\n问,答\n", encoding="utf-8")
+    with pytest.raises(SchemaError):
+        datasets.import_file(app, bad, "new")
+    with app.db.session() as s:
+        assert (
+            s.query(Dataset).count() == 0 and s.query(Blob).count() == 0 and s.query(ArtifactRef).count() == 0
+        )
+    assert list(app.blobs.backend.list()) == []
+
+
+def test_dataset_names_ignore_case(app: App, tmp_path: Path) -> None:
+    datasets.import_file(app, _jsonl(tmp_path / "a.jsonl", ROWS), "Données")
+    v2, created = datasets.import_file(app, _jsonl(tmp_path / "b.jsonl", ROWS[:30]), "DONNÉES")
+    assert created and v2.version == 2
+    assert datasets.show(app, "données")["name"] == "Données"

@@ -87,6 +87,8 @@ def test_aliases_move_and_roll_back(app: App, tiny_model_dir: Path, tmp_path: Pa
     assert models.show(app, "tiny@prod")["version"] == 2
     back = models.rollback_alias(app, "tiny", "prod")
     assert back["version"] == 1 and models.show(app, "tiny@prod")["version"] == 1
+    with pytest.raises(NotFoundError, match="no earlier version"):
+        models.rollback_alias(app, "tiny", "prod")  # walks back, never forward again
     models.set_alias(app, "tiny", "staging", "tiny@prod")
     assert models.show(app, "tiny@staging")["version"] == 1
     with pytest.raises(NotFoundError, match="no version 7"):
@@ -119,7 +121,7 @@ def test_delete_refuses_in_use_versions(app: App, tiny_model_dir: Path, tmp_path
     with pytest.raises(InUseError, match="deployment 'chat'"):
         models.delete(app, "tiny:1")
     with app.db.session() as s:
-        s.scalar(select(Deployment)).status = "stopped"
+        s.scalar(select(Deployment)).status = "deleted"
     child = models.register(
         app, "tiny-ft", str(_variant(tiny_model_dir, tmp_path / "ft", "ft")), base_version_id=base.id
     ).version
@@ -159,3 +161,83 @@ def test_hub_id_offline_gives_a_clear_error(sqlite_app: App, monkeypatch: pytest
     with pytest.raises(ModelLoadError, match="register the directory instead"):
         models.register(sqlite_app, "qwen", "Qwen/Qwen2.5-0.5B-Instruct")
     assert [r for r in models.list_models(sqlite_app) if r["name"] == "qwen"] == []
+
+
+def test_names_are_case_insensitive_in_any_script(app: App, tiny_model_dir: Path) -> None:
+    models.register(app, "Ämodel", str(tiny_model_dir))
+    assert models.show(app, "ämodel")["name"] == "Ämodel"
+    with pytest.raises(AlreadyExistsError):
+        models.register(app, "ÄMODEL", str(tiny_model_dir))
+
+
+def test_overlong_licence_is_refused_on_every_database(app: App, tiny_model_dir: Path) -> None:
+    with pytest.raises(InvalidInputError, match="limit is 128"):
+        models.register(app, "tiny", str(tiny_model_dir), license="x" * 300)
+
+
+@pytest.mark.parametrize(
+    "files, match",
+    [
+        ({"config.json": "{}", "model.safetensors": "garbage"}, "not a readable safetensors"),
+        ({"config.json": "[1, 2]", "model.safetensors": None}, "JSON object"),
+        ({"adapter_config.json": "{}"}, "no adapter_model"),
+    ],
+)
+def test_damaged_model_directories_are_refused(
+    sqlite_app: App, tmp_path: Path, tiny_model_dir: Path, files: dict, match: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, text in files.items():
+        if text is None:
+            shutil.copy(tiny_model_dir / name, src / name)
+        else:
+            (src / name).write_text(text)
+    with pytest.raises(NotAModelError, match=match):
+        models.register(sqlite_app, "bad", str(src))
+
+
+def test_delete_refuses_versions_used_by_jobs_and_knowledge_bases(app: App, tiny_model_dir: Path) -> None:
+    from onebox.store.tables import Job, KnowledgeBase
+
+    mv = models.register(app, "tiny", str(tiny_model_dir)).version
+    with app.db.session() as s:
+        s.add(
+            Job(
+                id=new_id("job"),
+                project_id=mv.project_id,
+                name="ft",
+                status="running",
+                type="train",
+                input_model_version_id=mv.id,
+            )
+        )
+    with pytest.raises(InUseError, match="input of job"):
+        models.delete(app, "tiny:1")
+    with app.db.session() as s:
+        s.scalar(select(Job)).status = "succeeded"
+        s.add(
+            KnowledgeBase(
+                id=new_id("kb"),
+                project_id=mv.project_id,
+                name="docs",
+                status="ready",
+                embedding_version_id=mv.id,
+            )
+        )
+    with pytest.raises(InUseError, match="knowledge base 'docs'"):
+        models.delete(app, "tiny:1")
+
+
+def test_whole_model_delete_includes_its_own_derived_versions(
+    app: App, tiny_model_dir: Path, tmp_path
+) -> None:
+    base = models.register(app, "tiny", str(tiny_model_dir)).version
+    models.register(
+        app,
+        "tiny",
+        str(_variant(tiny_model_dir, tmp_path / "v2", "2")),
+        new_version=True,
+        base_version_id=base.id,
+    )
+    assert models.delete(app, "tiny") == ["tiny:1", "tiny:2"]

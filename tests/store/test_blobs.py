@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from onebox.errors import ArtifactCorruptedError, ArtifactMissingError
+from onebox.errors import ArtifactCorruptedError, ArtifactMissingError, InvalidInputError
 from onebox.store.backends import FsspecBackend, LocalBackend
 from onebox.store.blobs import BlobStore
 
@@ -121,3 +121,58 @@ def test_codec_seam_stores_transformed_bytes_and_verifies_plaintext(tmp_path: Pa
     out = store.checkout(mblob.digest)
     assert (out / "config.json").read_bytes() == b'{"a": 1}'
     assert not (out / "config.json").samefile(store.backend.local_path(entry.digest))  # copied, not linked
+
+
+def test_put_tree_follows_symlinks_and_skips_vcs(tmp_path: Path) -> None:
+    """Hugging Face cache snapshots are all symlinks into a blobs folder outside the tree."""
+    store = _store(tmp_path)
+    blobs = tmp_path / "hf-blobs"
+    blobs.mkdir()
+    (blobs / "abc").write_bytes(b"weights!")
+    snap = tmp_path / "snapshot"
+    (snap / ".git").mkdir(parents=True)
+    (snap / ".git" / "HEAD").write_text("ref")
+    (snap / "model.safetensors").symlink_to(blobs / "abc")
+    (snap / "config.json").write_text("{}")
+    _, manifest = store.put_tree(snap)
+    assert [f.path for f in manifest.files] == ["config.json", "model.safetensors"]
+    assert store.read_bytes(manifest.entry("model.safetensors").digest) == b"weights!"
+    (snap / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InvalidInputError, match="broken symbolic link"):
+        store.put_tree(snap)
+
+
+def test_writing_into_a_checkout_cannot_damage_the_store(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    mblob, manifest = store.put_tree(_tree(tmp_path / "src"))
+    out = store.checkout(mblob.digest)
+    with (out / "config.json").open("a") as fh:  # e.g. a trainer writing into its base model
+        fh.write("garbage")
+    store.verify(manifest.entry("config.json").digest)
+    assert (store.checkout(mblob.digest) / "config.json").read_text() == '{"a": 1}'
+
+
+def test_storing_good_content_again_repairs_a_corrupted_blob(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    f = tmp_path / "w.bin"
+    f.write_bytes(os.urandom(50_000))
+    info = store.put_file(f)
+    _corrupt(store, info.digest)
+    with pytest.raises(ArtifactCorruptedError):
+        store.verify(info.digest)
+    assert store.put_file(f) == info
+    store.verify(info.digest)
+
+
+def test_a_source_that_changes_while_stored_is_not_published(tmp_path: Path, monkeypatch) -> None:
+    from onebox.store import blobs as blobs_mod
+
+    store = _store(tmp_path)
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"version one")
+    real = blobs_mod.sha256_file
+    monkeypatch.setattr(blobs_mod, "sha256_file", lambda p, *a, **k: real(tmp_path / "other"))
+    (tmp_path / "other").write_bytes(b"what the file held when it was hashed")
+    with pytest.raises(InvalidInputError, match="changed while it was being stored"):
+        store.put_file(f)
+    assert list(store.backend.list()) == []

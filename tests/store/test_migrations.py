@@ -64,8 +64,10 @@ def test_resources_round_trip_with_lineage(db_url: str) -> None:
         p = Project(id=new_id("prj"), name="acme")
         s.add(p)
         s.flush()
-        m = Model(id=new_id("mdl"), project_id=p.id, name="模型-a", status="ready", kind="chat")
-        ds = Dataset(id=new_id("ds"), project_id=p.id, name="数据", status="ready")
+        m = Model(
+            id=new_id("mdl"), project_id=p.id, name="模型-a", name_key="模型-a", status="ready", kind="chat"
+        )
+        ds = Dataset(id=new_id("ds"), project_id=p.id, name="数据", name_key="数据", status="ready")
         s.add_all([m, ds])
         s.flush()
         dv = DatasetVersion(

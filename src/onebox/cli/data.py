@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from onebox.cli.output import console, human_size, print_json, progress_bar
+from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
 from onebox.cli.state import JsonOpt, get_app, settings
 from onebox.services import datasets
 
@@ -95,6 +95,16 @@ def import_(
             f"{info['num_validation']} validation, {info['num_quarantined']} quarantined "
             f"({info['schema']} from {info['source_format']})"
         )
+        invalid = datasets.report(get_app(), info["ref"]).get("invalid_rows", [])
+        if invalid:
+            err_console.print(
+                f"[yellow]warning:[/] {len(invalid)} invalid row(s) were quarantined, not imported:",
+                highlight=False,
+            )
+            for row in invalid[:10]:
+                err_console.print(
+                    f"  line {row['line']}: {row.get('detail') or row.get('reason')}", highlight=False
+                )
         console.print(f"see the report with `onebox data report {info['ref']}`")
     else:
         console.print(f"identical data is already {info['ref']}; no new version was made")

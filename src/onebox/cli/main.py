@@ -7,6 +7,7 @@ dependency, 8 metadata store unreachable, 9 model could not be loaded, 130 inter
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -133,3 +134,12 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as exc:  # a bug or an unwrapped library error: one line, traceback on request
+        if os.environ.get("ONEBOX_DEBUG"):
+            raise
+        err_console.print(
+            f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc} "
+            "(set ONEBOX_DEBUG=1 for the traceback)",
+            highlight=False,
+        )
+        sys.exit(1)

@@ -22,7 +22,7 @@ from onebox.data._validate import from_dict, is_int, is_number
 from onebox.data.clean import CleanConfig, Quarantined, clean
 from onebox.data.parquet import content_digest, write_examples
 from onebox.data.pii import redact
-from onebox.data.readers import FORMATS, TABULAR_FORMATS, RawRecord, RowError, read_records
+from onebox.data.readers import FORMATS, TABULAR_FORMATS, RawRecord, RowError, normalise_format, read_records
 from onebox.data.schema import Example, detect_schema, normalize, scalar_to_text
 from onebox.data.split import split
 from onebox.errors import EmptyInputError, ErrorList, Problem, TooManyBadRowsError
@@ -75,7 +75,7 @@ class ImportOptions:
     def validate(self) -> None:
         """Raise :class:`~onebox.errors.ConfigError` listing every invalid field at once."""
         errors = ErrorList()
-        if self.format is not None and self.format not in FORMATS:
+        if self.format is not None and normalise_format(self.format) not in FORMATS:
             errors.add(
                 "format", f"unknown format {self.format!r}", f"use one of {', '.join(FORMATS)} or null"
             )

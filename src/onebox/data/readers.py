@@ -53,6 +53,13 @@ SUFFIXES: dict[str, str] = {
     ".txt": "txt",
 }
 
+
+def normalise_format(fmt: str) -> str:
+    """``.JSONL``, ``ndjson`` and ``jsonl`` all name one format."""
+    name = fmt.lower().lstrip(".")
+    return _FORMAT_ALIASES.get(name, name)
+
+
 _FORMAT_ALIASES = {"ndjson": "jsonl", "jsonlines": "jsonl", "pq": "parquet", "text": "txt"}
 _SUPPORTED_TEXT = ".jsonl/.ndjson, .json, .csv, .tsv, .parquet, .xlsx, .txt"
 _BOM = b"\xef\xbb\xbf"

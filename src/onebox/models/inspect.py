@@ -31,17 +31,23 @@ def _safetensors_params(files: list[Path]) -> int | None:
         return None
     total = 0
     for f in files:
-        with safe_open(str(f), framework="np") as st:
-            for key in st.keys():  # noqa: SIM118 - safe_open is not a mapping
-                total += math.prod(st.get_slice(key).get_shape())
+        try:
+            with safe_open(str(f), framework="np") as st:
+                for key in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    total += math.prod(st.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors raises its own error types for damaged headers
+            raise NotAModelError(f"{f} is not a readable safetensors file: {exc}") from exc
     return total
 
 
 def _read_config(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise NotAModelError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise NotAModelError(f"{path} must hold a JSON object, not {type(cfg).__name__}")
+    return cfg
 
 
 def inspect_path(path: Path) -> ModelFacts:
@@ -58,7 +64,12 @@ def inspect_path(path: Path) -> ModelFacts:
         )
     if (path / "adapter_config.json").is_file():
         cfg = _read_config(path / "adapter_config.json")
-        return ModelFacts("lora", "chat", cfg.get("peft_type", "LORA"), None)
+        adapter = [w for w in ("adapter_model.safetensors", "adapter_model.bin") if (path / w).is_file()]
+        if not adapter:
+            raise NotAModelError(f"{path} has adapter_config.json but no adapter_model.safetensors or .bin")
+        if adapter[0].endswith(".safetensors"):
+            _safetensors_params([path / adapter[0]])
+        return ModelFacts("lora", "chat", str(cfg.get("peft_type", "LORA")), None)
     weights = sorted(w for g in WEIGHT_GLOBS for w in path.glob(g))
     if not (path / "config.json").is_file() or not weights:
         missing = [
@@ -71,7 +82,8 @@ def inspect_path(path: Path) -> ModelFacts:
             "(expected config.json and *.safetensors or pytorch_model*.bin)"
         )
     cfg = _read_config(path / "config.json")
-    arch = (cfg.get("architectures") or [cfg.get("model_type")])[0]
+    archs = cfg.get("architectures") or [cfg.get("model_type")]
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     st_files = [w for w in weights if w.suffix == ".safetensors"]
     params = _safetensors_params(st_files) if st_files else None
     fmt = "safetensors" if st_files else "pytorch"

@@ -16,8 +16,7 @@ from onebox.store.tables import Blob
 def gc(app: App, *, dry_run: bool = False, grace_seconds: int | None = None) -> GcReport:
     """Free blobs no version references any more (and leftovers of crashed imports)."""
     grace = app.settings.gc_grace_seconds if grace_seconds is None else grace_seconds
-    with app.db.session() as s:
-        return collect_garbage(s, app.blobs, grace, dry_run=dry_run)
+    return collect_garbage(app.db, app.blobs, grace, dry_run=dry_run)
 
 
 def verify_all(app: App, progress: ProgressFn = null_progress) -> dict[str, Any]:

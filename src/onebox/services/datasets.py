@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
 from onebox.data.importer import ImportOptions, prepare
 from onebox.data.parquet import read_examples
-from onebox.errors import InUseError, InvalidInputError, NotFoundError, Problem, SchemaError
+from onebox.errors import ConflictError, InUseError, InvalidInputError, NotFoundError, Problem, SchemaError
 from onebox.progress import ProgressFn, null_progress
 from onebox.services import events
 from onebox.services.context import App
-from onebox.services.names import Ref, parse_ref, validate_name
+from onebox.services.names import Ref, name_key, parse_ref, validate_name
 from onebox.services.projects import get_project
 from onebox.store.blobs import BlobInfo
 from onebox.store.refs import add_refs, drop_refs
@@ -40,7 +41,17 @@ def _pid(session: Session, app: App) -> str:
 
 def _find(session: Session, pid: str, name: str) -> Dataset | None:
     return session.scalar(
-        select(Dataset).where(Dataset.project_id == pid, func.lower(Dataset.name) == name.lower())
+        select(Dataset).where(Dataset.project_id == pid, Dataset.name_key == name_key(name))
+    )
+
+
+def _same_content(session: Session, dataset_id: str, content_hash: str) -> DatasetVersion | None:
+    return session.scalar(
+        select(DatasetVersion).where(
+            DatasetVersion.dataset_id == dataset_id,
+            DatasetVersion.content_hash == content_hash,
+            DatasetVersion.status == "ready",
+        )
     )
 
 
@@ -94,91 +105,95 @@ def import_file(
     staging = Path(tempfile.mkdtemp(dir=app.staging_dir, prefix="data-"))
     try:
         prepared = prepare(path, staging / "out", options, progress)
-        with app.db.session() as s:
-            pid = _pid(s, app)
-            ds = _find(s, pid, name)
-            if ds is not None and ds.status != "deleted":
-                same = s.scalar(
-                    select(DatasetVersion).where(
-                        DatasetVersion.dataset_id == ds.id,
-                        DatasetVersion.content_hash == prepared.content_hash,
-                        DatasetVersion.status == "ready",
+        try:
+            with app.db.session() as s:
+                pid = _pid(s, app)
+                ds = _find(s, pid, name)
+                if ds is not None and ds.status != "deleted":
+                    same = _same_content(s, ds.id, prepared.content_hash)
+                    if same is not None:
+                        return same, False
+                    last = s.scalar(
+                        select(DatasetVersion)
+                        .where(DatasetVersion.dataset_id == ds.id, DatasetVersion.status == "ready")
+                        .order_by(DatasetVersion.version.desc())
+                        .limit(1)
                     )
+                    if last is not None and _kind(last.schema) != _kind(prepared.schema):
+                        raise SchemaError(
+                            f"dataset {ds.name!r} holds {_kind(last.schema)} data but {path.name} is "
+                            f"{_kind(prepared.schema)} ({prepared.schema}); import it under another name"
+                        )
+            progress("save", 0, len(prepared.files))
+            infos: dict[str, BlobInfo] = {}
+            for i, (_key, file) in enumerate(sorted(prepared.files.items()), 1):
+                infos[file.name] = app.blobs.put_file(file)
+                progress("save", i, len(prepared.files))
+            manifest = {"files": {n: {"digest": b.digest, "size": b.size} for n, b in infos.items()}}
+            manifest_blob = app.blobs.put_json(manifest)
+            with app.db.session() as s:
+                pid = _pid(s, app)
+                ds = _find(s, pid, name)
+                if ds is None:
+                    ds = Dataset(
+                        id=new_id("ds"),
+                        project_id=pid,
+                        name=name,
+                        name_key=name_key(name),
+                        status="ready",
+                        description=description,
+                    )
+                    s.add(ds)
+                    s.flush()
+                elif (same := _same_content(s, ds.id, prepared.content_hash)) is not None:
+                    return same, False  # an identical import committed while this one ran
+                ds.status = "ready"
+                last_no = s.scalar(
+                    select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == ds.id)
                 )
-                if same is not None:
-                    return same, False
-                last = s.scalar(
-                    select(DatasetVersion)
+                number = (last_no or 0) + 1
+                parent = s.scalar(
+                    select(DatasetVersion.id)
                     .where(DatasetVersion.dataset_id == ds.id, DatasetVersion.status == "ready")
                     .order_by(DatasetVersion.version.desc())
                     .limit(1)
                 )
-                if last is not None and _kind(last.schema) != _kind(prepared.schema):
-                    raise SchemaError(
-                        f"dataset {ds.name!r} holds {_kind(last.schema)} data but {path.name} is "
-                        f"{_kind(prepared.schema)} ({prepared.schema}); import it under another name"
-                    )
-        progress("save", 0, len(prepared.files))
-        infos: dict[str, BlobInfo] = {}
-        for i, (_key, file) in enumerate(sorted(prepared.files.items()), 1):
-            infos[file.name] = app.blobs.put_file(file)
-            progress("save", i, len(prepared.files))
-        manifest = {"files": {n: {"digest": b.digest, "size": b.size} for n, b in infos.items()}}
-        manifest_blob = app.blobs.put_json(manifest)
-        with app.db.session() as s:
-            pid = _pid(s, app)
-            ds = _find(s, pid, name)
-            if ds is None:
-                ds = Dataset(
-                    id=new_id("ds"), project_id=pid, name=name, status="ready", description=description
+                dv = DatasetVersion(
+                    id=new_id("dv"),
+                    project_id=pid,
+                    dataset_id=ds.id,
+                    name=f"v{number}",
+                    version=number,
+                    status="ready",
+                    content_hash=prepared.content_hash,
+                    manifest_digest=manifest_blob.digest,
+                    schema=prepared.schema,
+                    source_format=prepared.format,
+                    source_name=path.name,
+                    num_train=prepared.num_train,
+                    num_validation=prepared.num_validation,
+                    num_quarantined=prepared.num_quarantined,
+                    size_bytes=sum(b.size for b in infos.values()),
+                    report=prepared.report,
+                    parent_version_id=parent,
                 )
-                s.add(ds)
+                s.add(dv)
                 s.flush()
-            ds.status = "ready"
-            last_no = s.scalar(
-                select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == ds.id)
-            )
-            number = (last_no or 0) + 1
-            parent = s.scalar(
-                select(DatasetVersion.id)
-                .where(DatasetVersion.dataset_id == ds.id, DatasetVersion.status == "ready")
-                .order_by(DatasetVersion.version.desc())
-                .limit(1)
-            )
-            dv = DatasetVersion(
-                id=new_id("dv"),
-                project_id=pid,
-                dataset_id=ds.id,
-                name=f"v{number}",
-                version=number,
-                status="ready",
-                content_hash=prepared.content_hash,
-                manifest_digest=manifest_blob.digest,
-                schema=prepared.schema,
-                source_format=prepared.format,
-                source_name=path.name,
-                num_train=prepared.num_train,
-                num_validation=prepared.num_validation,
-                num_quarantined=prepared.num_quarantined,
-                size_bytes=sum(b.size for b in infos.values()),
-                report=prepared.report,
-                parent_version_id=parent,
-            )
-            s.add(dv)
-            s.flush()
-            add_refs(s, OWNER, dv.id, [manifest_blob, *infos.values()])
-            events.record(
-                s,
-                project_id=pid,
-                resource_type=OWNER,
-                resource_id=dv.id,
-                kind="dataset.imported",
-                message=f"imported {ds.name}:{number} from {path.name}",
-                train=dv.num_train,
-                validation=dv.num_validation,
-                quarantined=dv.num_quarantined,
-            )
-            return dv, True
+                add_refs(s, OWNER, dv.id, [manifest_blob, *infos.values()])
+                events.record(
+                    s,
+                    project_id=pid,
+                    resource_type=OWNER,
+                    resource_id=dv.id,
+                    kind="dataset.imported",
+                    message=f"imported {ds.name}:{number} from {path.name}",
+                    train=dv.num_train,
+                    validation=dv.num_validation,
+                    quarantined=dv.num_quarantined,
+                )
+                return dv, True
+        except DBIntegrityError as exc:
+            raise ConflictError(f"dataset {name!r} changed while this command ran; run it again") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
 from onebox.errors import (
     AlreadyExistsError,
+    ConflictError,
     InUseError,
     InvalidInputError,
     NotAModelError,
@@ -32,13 +34,13 @@ from onebox.models.inspect import ModelFacts, inspect_path
 from onebox.progress import ProgressFn, null_progress
 from onebox.services import events
 from onebox.services.context import App
-from onebox.services.names import Ref, parse_ref, validate_name
+from onebox.services.names import Ref, name_key, parse_ref, validate_name, validate_text
 from onebox.services.projects import get_project
 from onebox.store.refs import add_refs, drop_refs
-from onebox.store.tables import Deployment, Model, ModelAlias, ModelVersion, new_id
+from onebox.store.tables import Deployment, Job, KnowledgeBase, Model, ModelAlias, ModelVersion, new_id
 
 OWNER = "model_version"
-LIVE_DEPLOYMENT_STATES = ("pending", "starting", "running", "degraded", "stopping")
+ACTIVE_JOB_STATES = ("queued", "running", "cancelling")
 KINDS = ("chat", "embedding", "other")
 
 
@@ -56,7 +58,7 @@ def _project_id(session: Session, app: App) -> str:
 
 def _find_model(session: Session, project_id: str, name: str) -> Model | None:
     return session.scalar(
-        select(Model).where(Model.project_id == project_id, func.lower(Model.name) == name.lower())
+        select(Model).where(Model.project_id == project_id, Model.name_key == name_key(name))
     )
 
 
@@ -140,6 +142,7 @@ def register(
 ) -> Registered:
     """Register ``source`` (HF dir, GGUF file or hub id) as a new immutable version of ``name``."""
     validate_name(name, "name")
+    validate_text(license, "license", 128)
     if kind is not None and kind not in KINDS:
         raise InvalidInputError(
             "invalid kind",
@@ -148,7 +151,8 @@ def register(
     with app.db.session() as s:
         pid = _project_id(s, app)
         existing = _find_model(s, pid, name)
-        if existing is not None and existing.status != "deleted" and not new_version:
+        existed_before = existing is not None and existing.status != "deleted"
+        if existed_before and not new_version:
             raise AlreadyExistsError(
                 f"a model named {existing.name!r} already exists; add a version to it with "
                 f"`onebox models register {existing.name} <source> --new-version` or choose another name"
@@ -158,72 +162,82 @@ def register(
         path, facts, extra = _stage(app, source, staging, progress)
         kind = kind or facts.kind
         manifest_blob, manifest = app.blobs.put_tree(path, progress)
-        with app.db.session() as s:
-            pid = _project_id(s, app)
-            model = _find_model(s, pid, name)
-            if model is None:
-                model = Model(
-                    id=new_id("mdl"),
+        try:
+            with app.db.session() as s:
+                pid = _project_id(s, app)
+                model = _find_model(s, pid, name)
+                if model is None:
+                    model = Model(
+                        id=new_id("mdl"),
+                        project_id=pid,
+                        name=name,
+                        name_key=name_key(name),
+                        status="ready",
+                        kind=kind,
+                        description=description,
+                        builtin=builtin,
+                    )
+                    s.add(model)
+                    s.flush()
+                elif model.status != "deleted" and not new_version and not existed_before:
+                    raise AlreadyExistsError(
+                        f"a model named {model.name!r} was created meanwhile; use --new-version"
+                    )
+                elif model.kind != kind:
+                    raise InvalidInputError(
+                        f"model {model.name!r} holds {model.kind} models but {source} is {kind}; "
+                        "register it under another name"
+                    )
+                model.status = "ready"
+                same = s.scalar(
+                    select(ModelVersion).where(
+                        ModelVersion.model_id == model.id,
+                        ModelVersion.manifest_digest == manifest_blob.digest,
+                        ModelVersion.status == "ready",
+                    )
+                )
+                if same is not None:
+                    return Registered(same, model, created=False)
+                last = s.scalar(
+                    select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+                )
+                number = (last or 0) + 1
+                mv = ModelVersion(
+                    id=new_id("mv"),
                     project_id=pid,
-                    name=name,
+                    model_id=model.id,
+                    name=f"v{number}",
+                    version=number,
                     status="ready",
-                    kind=kind,
-                    description=description,
-                    builtin=builtin,
+                    format=facts.format,
+                    manifest_digest=manifest_blob.digest,
+                    checksum=manifest_blob.digest,
+                    size_bytes=manifest.total_size,
+                    license=license or _readme_license(Path(source)) or None,
+                    source=source,
+                    architecture=(facts.architecture or "")[:128] or None,
+                    parameters=facts.parameters,
+                    config={**(config or {}), **extra},
+                    metrics=metrics or {},
+                    base_version_id=base_version_id,
+                    dataset_version_id=dataset_version_id,
+                    job_id=job_id,
                 )
-                s.add(model)
+                s.add(mv)
                 s.flush()
-            elif model.kind != kind:
-                raise InvalidInputError(
-                    f"model {model.name!r} holds {model.kind} models but {source} is {kind}; "
-                    "register it under another name"
+                add_refs(s, OWNER, mv.id, [manifest_blob, *(f for f in _blob_infos(manifest))])
+                events.record(
+                    s,
+                    project_id=pid,
+                    resource_type=OWNER,
+                    resource_id=mv.id,
+                    kind="model.registered",
+                    message=f"registered {model.name}:{number} from {source}",
+                    format=facts.format,
                 )
-            model.status = "ready"
-            same = s.scalar(
-                select(ModelVersion).where(
-                    ModelVersion.model_id == model.id,
-                    ModelVersion.manifest_digest == manifest_blob.digest,
-                    ModelVersion.status == "ready",
-                )
-            )
-            if same is not None:
-                return Registered(same, model, created=False)
-            last = s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
-            number = (last or 0) + 1
-            mv = ModelVersion(
-                id=new_id("mv"),
-                project_id=pid,
-                model_id=model.id,
-                name=f"v{number}",
-                version=number,
-                status="ready",
-                format=facts.format,
-                manifest_digest=manifest_blob.digest,
-                checksum=manifest_blob.digest,
-                size_bytes=manifest.total_size,
-                license=license or _readme_license(Path(source)) or None,
-                source=source,
-                architecture=facts.architecture,
-                parameters=facts.parameters,
-                config={**(config or {}), **extra},
-                metrics=metrics or {},
-                base_version_id=base_version_id,
-                dataset_version_id=dataset_version_id,
-                job_id=job_id,
-            )
-            s.add(mv)
-            s.flush()
-            add_refs(s, OWNER, mv.id, [manifest_blob, *(f for f in _blob_infos(manifest))])
-            events.record(
-                s,
-                project_id=pid,
-                resource_type=OWNER,
-                resource_id=mv.id,
-                kind="model.registered",
-                message=f"registered {model.name}:{number} from {source}",
-                format=facts.format,
-            )
-            return Registered(mv, model, created=True)
+                return Registered(mv, model, created=True)
+        except DBIntegrityError as exc:
+            raise ConflictError(f"model {name!r} changed while this command ran; run it again") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -365,7 +379,7 @@ def show(app: App, ref: str) -> dict[str, Any]:
         }
 
 
-def set_alias(app: App, name: str, alias: str, target: str) -> dict[str, Any]:
+def set_alias(app: App, name: str, alias: str, target: str, *, _kind: str = "alias.moved") -> dict[str, Any]:
     """Point ``name@alias`` at a version (``3``, ``v3``, ``name:3`` or another alias)."""
     validate_name(alias, "alias")
     if alias.isdigit() or re.fullmatch(r"[vV]\d+", alias):
@@ -398,7 +412,7 @@ def set_alias(app: App, name: str, alias: str, target: str) -> dict[str, Any]:
             project_id=pid,
             resource_type="model",
             resource_id=model.id,
-            kind="alias.moved",
+            kind=_kind,
             message=f"{model.name}@{alias}: {previous} -> {mv.version}",
             alias=alias,
             from_version=previous,
@@ -408,19 +422,24 @@ def set_alias(app: App, name: str, alias: str, target: str) -> dict[str, Any]:
 
 
 def rollback_alias(app: App, name: str, alias: str) -> dict[str, Any]:
-    """Move an alias back to where it pointed before its last move."""
+    """Undo the alias's last move; repeated rollbacks walk further back through its history."""
     with app.db.session() as s:
         pid = _project_id(s, app)
         model = get_model(s, pid, name)
-        moves = [
-            e
-            for e in events.for_resource(s, "model", model.id, "alias.moved")
-            if e.data.get("alias") == alias
-        ]
-        if not moves or moves[-1].data.get("from_version") is None:
+        history: list[int | None] = []  # the versions each not-yet-undone move came from
+        for e in events.for_resource(s, "model", model.id):
+            if e.data.get("alias") != alias:
+                continue
+            if e.kind == "alias.moved":
+                history.append(e.data.get("from_version"))
+            elif e.kind == "alias.rolled_back" and history:
+                history.pop()
+            elif e.kind == "alias.deleted":
+                history.clear()
+        if not history or history[-1] is None:
             raise NotFoundError(f"{model.name}@{alias} has no earlier version to roll back to")
-        previous = moves[-1].data["from_version"]
-    return set_alias(app, name, alias, str(previous))
+        previous = history[-1]
+    return set_alias(app, name, alias, str(previous), _kind="alias.rolled_back")
 
 
 def delete_alias(app: App, name: str, alias: str) -> None:
@@ -442,31 +461,44 @@ def delete_alias(app: App, name: str, alias: str) -> None:
         )
 
 
-def _check_deletable(session: Session, model: Model, mv: ModelVersion) -> None:
+def _check_deletable(session: Session, model: Model, mv: ModelVersion, deleting: set[str]) -> None:
+    """Refuse with a message that says what uses the version and how to free it."""
+    label = f"{model.name}:{mv.version}"
     aliases = [a for a, v in _aliases(session, model.id).items() if v == mv.version]
     if aliases:
         names = ", ".join(f"@{a}" for a in aliases)
         raise InUseError(
-            f"{model.name}:{mv.version} is used by alias {names}; move the alias first "
+            f"{label} is used by alias {names}; move the alias first "
             f"(`onebox models alias {model.name} {aliases[0]} <version>`) or remove it (`--delete`)"
         )
-    deps = session.scalars(
-        select(Deployment).where(
-            Deployment.model_version_id == mv.id, Deployment.status.in_(LIVE_DEPLOYMENT_STATES)
-        )
-    ).all()
-    if deps:
+    dep = session.scalar(
+        select(Deployment)
+        .where(Deployment.model_version_id == mv.id, Deployment.status != "deleted")
+        .limit(1)
+    )
+    if dep is not None:
         raise InUseError(
-            f"{model.name}:{mv.version} is served by deployment {deps[0].name!r}; undeploy it first"
+            f"{label} is used by deployment {dep.name!r} ({dep.status}); delete the deployment first"
         )
-    children = session.scalars(
+    job = session.scalar(
+        select(Job).where(Job.input_model_version_id == mv.id, Job.status.in_(ACTIVE_JOB_STATES)).limit(1)
+    )
+    if job is not None:
+        raise InUseError(f"{label} is the input of job {job.id} ({job.status}); cancel it or wait for it")
+    kb = session.scalar(
+        select(KnowledgeBase).where(
+            KnowledgeBase.embedding_version_id == mv.id, KnowledgeBase.status != "deleted"
+        )
+    )
+    if kb is not None:
+        raise InUseError(f"{label} embeds knowledge base {kb.name!r}; delete the knowledge base first")
+    for child in session.scalars(
         select(ModelVersion).where(ModelVersion.base_version_id == mv.id, ModelVersion.status == "ready")
-    ).all()
-    if children:
-        c = children[0]
-        raise InUseError(
-            f"{model.name}:{mv.version} is the base of {c.model.name}:{c.version}; delete that version first"
-        )
+    ):
+        if child.id not in deleting:
+            raise InUseError(
+                f"{label} is the base of {child.model.name}:{child.version}; delete that version first"
+            )
 
 
 def delete(app: App, ref: str) -> list[str]:
@@ -480,8 +512,9 @@ def delete(app: App, ref: str) -> list[str]:
         model = get_model(s, pid, r.name)
         whole = r.version is None and r.alias is None
         targets = [v for v in model.versions if v.status == "ready"] if whole else [resolve(s, pid, r)]
+        deleting = {mv.id for mv in targets}
         for mv in targets:
-            _check_deletable(s, model, mv)
+            _check_deletable(s, model, mv, deleting)
         for mv in targets:
             mv.status = "deleted"
             drop_refs(s, OWNER, mv.id)

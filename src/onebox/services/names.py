@@ -28,6 +28,21 @@ def validate_name(name: str, field: str = "name") -> str:
     return name
 
 
+def name_key(name: str) -> str:
+    """The form names are compared in: ``Foo``, ``foo`` and ``FOO`` are one name (Unicode-aware)."""
+    return name.casefold()
+
+
+def validate_text(value: str | None, field: str, limit: int) -> str | None:
+    """Free-text fields have column limits; say so rather than fail inside the database."""
+    if value is not None and len(value) > limit:
+        raise InvalidInputError(
+            f"invalid {field}",
+            problems=[Problem(field, f"is {len(value)} characters long; the limit is {limit}")],
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Ref:
     """A reference to a version: by number, by alias, or the latest when neither is given."""

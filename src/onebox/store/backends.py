@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,8 +40,17 @@ class BlobBackend(ABC):
         """Open for streaming reads; raises ArtifactMissingError when absent."""
 
     @abstractmethod
-    def write_atomic(self, key: str, chunks: Iterable[bytes]) -> int:
-        """Write all chunks so that readers see either nothing or the whole object."""
+    def write_atomic(
+        self, key: str, chunks: Iterable[bytes], before_publish: Callable[[], None] | None = None
+    ) -> int:
+        """Write all chunks so that readers see either nothing or the whole object.
+
+        ``before_publish`` runs after the last chunk and before the object becomes visible;
+        raising from it abandons the write."""
+
+    @abstractmethod
+    def touch(self, key: str) -> None:
+        """Mark the object as just used (its modification time is gc's clock)."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -86,7 +95,9 @@ class LocalBackend(BlobBackend):
         except FileNotFoundError as exc:
             raise ArtifactMissingError(f"blob {key} is missing from {self.root}", digest=key) from exc
 
-    def write_atomic(self, key: str, chunks: Iterable[bytes]) -> int:
+    def write_atomic(
+        self, key: str, chunks: Iterable[bytes], before_publish: Callable[[], None] | None = None
+    ) -> int:
         final = self._path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="put-")
@@ -98,6 +109,8 @@ class LocalBackend(BlobBackend):
                     size += len(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if before_publish is not None:
+                before_publish()
             os.chmod(tmp_name, 0o444)
             os.replace(tmp_name, final)
             _fsync_dir(final.parent)
@@ -106,6 +119,10 @@ class LocalBackend(BlobBackend):
                 os.unlink(tmp_name)
             raise
         return size
+
+    def touch(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._path(key))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -173,7 +190,9 @@ class FsspecBackend(BlobBackend):
         except FileNotFoundError as exc:
             raise ArtifactMissingError(f"blob {key} is missing from {self.url}", digest=key) from exc
 
-    def write_atomic(self, key: str, chunks: Iterable[bytes]) -> int:
+    def write_atomic(
+        self, key: str, chunks: Iterable[bytes], before_publish: Callable[[], None] | None = None
+    ) -> int:
         tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
         size = 0
         try:
@@ -181,6 +200,8 @@ class FsspecBackend(BlobBackend):
                 for chunk in chunks:
                     fh.write(chunk)
                     size += len(chunk)
+            if before_publish is not None:
+                before_publish()
             self.fs.makedirs(self._path(key).rsplit("/", 1)[0], exist_ok=True)
             self.fs.mv(tmp, self._path(key))
         except BaseException:
@@ -188,6 +209,11 @@ class FsspecBackend(BlobBackend):
                 self.fs.rm(tmp)
             raise
         return size
+
+    def touch(self, key: str) -> None:
+        # Object stores cannot change a modification time in place; a copy onto itself can.
+        with contextlib.suppress(Exception):
+            self.fs.touch(self._path(key), truncate=False)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -25,6 +25,7 @@ from onebox.store.backends import BlobBackend
 from onebox.store.codec import CHUNK, BlobCodec, PlainCodec
 
 MANIFEST_VERSION = 1
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".cache", "__pycache__"})
 
 
 @dataclass(frozen=True)
@@ -100,25 +101,61 @@ class BlobStore:
 
     # -- writing -------------------------------------------------------------------------------
     def put_file(self, path: Path, progress: ProgressFn = null_progress) -> BlobInfo:
-        """Store a file; a blob that is already present is not written again."""
+        """Store a file. A blob already present is reused (and refreshed for gc) if it verifies;
+        a damaged copy is rewritten, so storing good content again repairs the store."""
+        path = Path(path)
         info = sha256_file(path, progress)
-        if not self.backend.exists(info.digest):
-            self.backend.write_atomic(info.digest, self.codec.encode(info.digest, _read_file(path)))
+        if self._reusable(info):
+            return info
+
+        hasher = hashlib.sha256()
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in _read_file(path):
+                hasher.update(chunk)
+                yield chunk
+
+        def unchanged() -> None:
+            # The file was hashed in one pass and copied in a second; if it changed in between,
+            # the bytes would not match their address, so nothing is published.
+            if hasher.hexdigest() != info.digest:
+                raise InvalidInputError(f"{path} changed while it was being stored; try again")
+
+        encoded = self.codec.encode(info.digest, chunks())
+        self.backend.write_atomic(info.digest, encoded, before_publish=unchanged)
         return info
 
     def put_bytes(self, data: bytes) -> BlobInfo:
         info = BlobInfo(hashlib.sha256(data).hexdigest(), len(data))
-        if not self.backend.exists(info.digest):
+        if not self._reusable(info):
             self.backend.write_atomic(info.digest, self.codec.encode(info.digest, [data]))
         return info
+
+    def _reusable(self, info: BlobInfo) -> bool:
+        if not self.backend.exists(info.digest):
+            return False
+        try:
+            self.verify(info.digest)
+        except ArtifactCorruptedError:
+            return False
+        self.backend.touch(info.digest)  # gc's grace period counts from the last use
+        return True
 
     def put_json(self, obj: Any) -> BlobInfo:
         return self.put_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode())
 
     def put_tree(self, root: Path, progress: ProgressFn = null_progress) -> tuple[BlobInfo, Manifest]:
-        """Store every regular file under ``root`` and a manifest; returns the manifest blob."""
+        """Store every file under ``root`` (symlinks followed, as in Hugging Face cache snapshots;
+        VCS and cache folders skipped) and a manifest; returns the manifest blob."""
         root = Path(root)
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+        files = []
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root)
+            if any(part in SKIP_DIRS for part in rel.parts[:-1]) or p.is_dir():
+                continue
+            if not p.exists():
+                raise InvalidInputError(f"{p} is a broken symbolic link")
+            files.append(p)
         if not files:
             raise InvalidInputError(f"{root} contains no files to store")
         total = sum(p.stat().st_size for p in files)
@@ -191,20 +228,6 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
-    def _link_verified(self, digest: str, dest: Path) -> bool:
-        """Hard-link a local plaintext blob after hashing it; False when not possible."""
-        if not self.codec.transparent:
-            return False
-        src = self.backend.local_path(digest)
-        if src is None:
-            return False
-        self.verify(digest)
-        try:
-            os.link(src, dest)
-        except OSError:
-            return False
-        return True
-
     def checkout(
         self, manifest_digest: str, *, verify_existing: bool = True, progress: ProgressFn = null_progress
     ) -> Path:
@@ -226,8 +249,9 @@ class BlobStore:
             for entry in manifest.files:
                 dest = tmp / entry.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                if not self._link_verified(entry.digest, dest):
-                    self.export_file(entry.digest, dest)
+                # A copy, never a hard link: a process writing into a checkout must not be able
+                # to damage the only stored copy of a blob.
+                self.export_file(entry.digest, dest)
                 done += entry.size
                 progress("checkout", done, manifest.total_size)
             try:

@@ -18,8 +18,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from onebox.errors import InvalidInputError
 from onebox.store.backends import LocalBackend
 from onebox.store.blobs import BlobInfo, BlobStore
+from onebox.store.db import Database
 from onebox.store.tables import ArtifactRef, Blob, utcnow
 
 
@@ -72,37 +74,53 @@ class GcReport:
         return {k: v for k, v in self.__dict__.items() if k != "deleted"} | {"deleted": self.deleted[:100]}
 
 
-def collect_garbage(
-    session: Session, store: BlobStore, grace_seconds: int, dry_run: bool = False
-) -> GcReport:
-    """Delete unreferenced blobs, orphan objects and stale checkouts older than the grace period."""
+def collect_garbage(db: Database, store: BlobStore, grace_seconds: int, dry_run: bool = False) -> GcReport:
+    """Delete unreferenced blobs, orphan objects and stale checkouts older than the grace period.
+
+    Rows go first, in a transaction that only deletes blobs still without references; files are
+    unlinked after it commits, and only if nothing re-used them meanwhile (a writer that reuses a
+    blob touches it, which restarts its grace period).
+    """
+    if grace_seconds < 0:
+        raise InvalidInputError("the gc grace period must be >= 0 seconds")
     report = GcReport(dry_run=dry_run)
     cutoff = utcnow() - timedelta(seconds=grace_seconds)
-    counts = ref_counts(session)
-    rows = {b.digest: b for b in session.scalars(select(Blob))}
-    for digest, n in counts.items():
-        blob = rows[digest]
-        if n > 0 or blob.created_at > cutoff:
-            report.blobs_kept += 1
-            continue
-        report.blobs_deleted += 1
-        report.bytes_freed += blob.size
-        report.deleted.append(digest)
-        if not dry_run:
-            store.backend.delete(digest)
-            session.delete(blob)
-    # Objects with no row at all were written by an import that never committed.
     now = time.time()
+
+    def idle(digest: str) -> bool:
+        path = store.backend.local_path(digest)
+        return path is None or now - path.stat().st_mtime >= grace_seconds
+
+    with db.session() as s:
+        counts = ref_counts(s)
+        rows = {b.digest: b for b in s.scalars(select(Blob))}
+        doomed = [d for d, n in counts.items() if n == 0 and rows[d].created_at <= cutoff and idle(d)]
+        report.blobs_kept = len(counts) - len(doomed)
+        if doomed and not dry_run:
+            unreferenced = ~select(ArtifactRef.id).where(ArtifactRef.digest == Blob.digest).exists()
+            s.execute(delete(Blob).where(Blob.digest.in_(doomed), unreferenced))
+            doomed = [d for d in doomed if s.get(Blob, d) is None]
+    for d in doomed:
+        report.blobs_deleted += 1
+        report.bytes_freed += rows[d].size
+        report.deleted.append(d)
+        if not dry_run and idle(d):
+            store.backend.delete(d)
+    # Objects with no row at all were written by an import that never committed.
     for obj in store.backend.list():
         if obj.key in rows or now - obj.mtime < grace_seconds:
             continue
+        with db.session() as s:
+            if s.get(Blob, obj.key) is not None:  # committed since we looked
+                continue
         report.orphans_deleted += 1
         report.bytes_freed += obj.size
         report.deleted.append(obj.key)
         if not dry_run:
             store.backend.delete(obj.key)
     if store.checkout_root.is_dir():
-        live = {d for d, n in counts.items() if n > 0}
+        with db.session() as s:
+            live = {d for d, n in ref_counts(s).items() if n > 0}
         for d in store.checkout_root.iterdir():
             stale_tmp = d.name.startswith(".") and now - d.stat().st_mtime > grace_seconds
             if (not d.name.startswith(".") and d.name not in live) or stale_tmp:

@@ -98,7 +98,9 @@ class Model(ProjectScoped, Base):
     """A named model line (e.g. ``smollm2-135m-instruct``) whose versions are immutable."""
 
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    __table_args__ = (UniqueConstraint("project_id", "name_key"),)
+    name_key: Mapped[str] = mapped_column(String(128), nullable=False)
+    """Case-folded name: uniqueness ignores case in every script, on every database."""
     kind: Mapped[str] = mapped_column(String(32), nullable=False)  # chat | embedding | ...
     description: Mapped[str] = mapped_column(Text, default="", nullable=False)
     builtin: Mapped[str | None] = mapped_column(String(64))  # catalog key when built in
@@ -148,7 +150,9 @@ class Dataset(ProjectScoped, Base):
     """A named dataset whose versions are immutable and content-hashed."""
 
     __tablename__ = "datasets"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    __table_args__ = (UniqueConstraint("project_id", "name_key"),)
+    name_key: Mapped[str] = mapped_column(String(128), nullable=False)
+    """Case-folded name (see Model.name_key)."""
     description: Mapped[str] = mapped_column(Text, default="", nullable=False)
 
 

@@ -56,6 +56,7 @@ def upgrade() -> None:
 
     op.create_table(
         "datasets",
+        sa.Column("name_key", sa.String(length=128), nullable=False),
         sa.Column("description", sa.Text(), nullable=False),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("project_id", sa.String(length=32), nullable=False),
@@ -67,7 +68,7 @@ def upgrade() -> None:
             ["project_id"], ["projects.id"], name=op.f("fk_datasets_project_id_projects")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_datasets")),
-        sa.UniqueConstraint("project_id", "name", name=op.f("uq_datasets_project_id_name")),
+        sa.UniqueConstraint("project_id", "name_key", name=op.f("uq_datasets_project_id_name_key")),
     )
     with op.batch_alter_table("datasets", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_datasets_project_id"), ["project_id"], unique=False)
@@ -97,6 +98,7 @@ def upgrade() -> None:
 
     op.create_table(
         "models",
+        sa.Column("name_key", sa.String(length=128), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("description", sa.Text(), nullable=False),
         sa.Column("builtin", sa.String(length=64), nullable=True),
@@ -108,7 +110,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["project_id"], ["projects.id"], name=op.f("fk_models_project_id_projects")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_models")),
-        sa.UniqueConstraint("project_id", "name", name=op.f("uq_models_project_id_name")),
+        sa.UniqueConstraint("project_id", "name_key", name=op.f("uq_models_project_id_name_key")),
     )
     with op.batch_alter_table("models", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_models_project_id"), ["project_id"], unique=False)
