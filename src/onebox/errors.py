@@ -190,3 +190,40 @@ class ErrorList:
     def raise_if_any(self, message: str, cls: type[OneboxError] = ConfigError) -> None:
         if self.problems:
             raise cls(message, problems=self.problems)
+
+
+class UnknownJobTypeError(InvalidInputError):
+    """A job names a type that no handler is registered for."""
+
+    code = "unknown_job_type"
+
+
+class InsufficientResourcesError(InvalidInputError):
+    """A job asks for more CPUs, GPUs or memory than the machine has: it could never start."""
+
+    code = "insufficient_resources"
+
+
+class JobStateError(ConflictError):
+    """The job's status does not allow the operation (cancel a finished job, retry a running one)."""
+
+    code = "job_state"
+
+
+class NoCheckpointError(JobStateError):
+    """``resume`` was asked of a job that never recorded a checkpoint."""
+
+    code = "no_checkpoint"
+
+
+class ExecutorBusyError(ConflictError):
+    """Another local executor already supervises the jobs of this home."""
+
+    code = "executor_busy"
+
+
+class JobFailedError(OneboxError):
+    """Raised by a job handler for an expected failure (diverged loss, bad input found late);
+    the job fails with this message and no traceback in its error field."""
+
+    code = "job_failed"

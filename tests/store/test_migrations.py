@@ -18,6 +18,7 @@ TABLES = {
     "datasets",
     "dataset_versions",
     "jobs",
+    "job_metrics",
     "deployments",
     "knowledge_bases",
     "events",
@@ -31,7 +32,7 @@ def test_upgrade_creates_every_table_and_matches_models(db_url: str) -> None:
     db.migrate()
     db.migrate()  # idempotent
     assert set(inspect(db.engine).get_table_names()) >= TABLES
-    assert current_revision(db.engine) == "0001"
+    assert current_revision(db.engine) == "0002"
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -24,6 +25,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -203,6 +206,39 @@ class Job(ProjectScoped, Base):
     # lineage
     input_model_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
     input_dataset_version_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    # execution (migration 0002). ``attempts`` counts worker launches since the last submit or
+    # manual retry; a worker that dies is re-queued while attempts < max_attempts.
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default=text("3"), nullable=False)
+    handler: Mapped[str | None] = mapped_column(String(256))  # import path resolved at submit
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    devices: Mapped[list[Any]] = mapped_column(
+        JSONType, default=list, server_default=text("'[]'"), nullable=False
+    )  # GPU indices the executor gave the worker
+    cancel_requested: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false(), nullable=False
+    )
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    log_path: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, default=dict, server_default=text("'{}'"), nullable=False
+    )  # latest values reported through progress()
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+
+
+class JobMetric(Base):
+    """One point of a job's metric time series (loss per step...)."""
+
+    __tablename__ = "job_metrics"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    value: Mapped[float | None] = mapped_column(Float)  # None for NaN/inf, which not every backend stores
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class Deployment(ProjectScoped, Base):
