@@ -17,7 +17,9 @@ from rich.table import Table
 
 from onebox import __version__
 from onebox.cli import data as data_cli
+from onebox.cli import jobs as jobs_cli
 from onebox.cli import models as models_cli
+from onebox.cli.evaluate import eval_command
 from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
 from onebox.cli.state import JsonOpt, get_app, settings
 from onebox.errors import OneboxError
@@ -31,6 +33,8 @@ app = typer.Typer(
 )
 app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
+app.add_typer(jobs_cli.app, name="jobs")
+app.command("eval")(eval_command)
 
 
 @app.command()
