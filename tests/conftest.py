@@ -112,6 +112,19 @@ def builtin_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def builtin_home_copy(builtin_home: Path, tmp_path: Path) -> Path:
+    """A private copy of the initialised home (blobs hard-linked, so it is instant)."""
+    dst = tmp_path / "home"
+    shutil.copytree(
+        builtin_home, dst, copy_function=os.link, ignore=shutil.ignore_patterns("checkouts", "jobs")
+    )
+    for f in dst.glob("onebox.db*"):  # the database must be a real copy, not a link
+        f.unlink()
+        shutil.copy(builtin_home / f.name, f)
+    return dst
+
+
+@pytest.fixture
 def builtin_app(builtin_home: Path) -> Iterator[App]:
     a = open_app(Settings(home=builtin_home))
     yield a

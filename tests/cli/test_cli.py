@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +16,8 @@ ONEBOX = [sys.executable, "-m", "onebox"]
 
 
 @pytest.fixture
-def home(builtin_home: Path, tmp_path: Path) -> Path:
-    """A private copy of the initialised home (blobs hard-linked, so it is instant)."""
-    dst = tmp_path / "home"
-    shutil.copytree(builtin_home, dst, copy_function=os.link, ignore=shutil.ignore_patterns("checkouts"))
-    for f in dst.glob("onebox.db*"):  # the database must be a real copy, not a link
-        f.unlink()
-        shutil.copy(builtin_home / f.name, f)
-    return dst
+def home(builtin_home_copy: Path) -> Path:
+    return builtin_home_copy
 
 
 def run(home: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
