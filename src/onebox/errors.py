@@ -227,3 +227,16 @@ class JobFailedError(OneboxError):
     the job fails with this message and no traceback in its error field."""
 
     code = "job_failed"
+
+
+class TrainingError(OneboxError):
+    """A training run failed while running (not because of its inputs)."""
+
+    code = "training_failed"
+    exit_code = 1
+
+
+class TrainingDivergedError(TrainingError):
+    """The loss or the gradients became NaN/Inf; the run stopped without saving the broken state."""
+
+    code = "training_diverged"
