@@ -21,3 +21,16 @@ step "onebox data preview varnolia --limit 2"
 $ob data preview varnolia --limit 2
 step "onebox data list"
 $ob data list
+
+recipe="src/onebox/train/recipes/demo_lora.yaml"
+heldout="src/onebox/data/demo/varnolia_heldout.jsonl"
+if $ob models show varnolia-lora >/dev/null 2>&1; then
+  step "varnolia-lora is already trained (delete it with \`onebox models delete varnolia-lora -y\` to train again)"
+else
+  step "onebox train -c $recipe --base smollm2-135m-instruct --data varnolia --output varnolia-lora  (LoRA on this CPU, a few minutes)"
+  $ob train -c "$recipe" --base smollm2-135m-instruct --data varnolia --output varnolia-lora
+fi
+step "onebox models show varnolia-lora  (an adapter version with lineage: base model, dataset, job)"
+$ob models show varnolia-lora
+step "onebox eval smollm2-135m-instruct varnolia-lora --data varnolia --heldout $heldout  (base vs tuned)"
+$ob eval smollm2-135m-instruct varnolia-lora --data varnolia --heldout "$heldout"

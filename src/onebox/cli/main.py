@@ -22,6 +22,7 @@ from onebox.cli import models as models_cli
 from onebox.cli.evaluate import eval_command
 from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
 from onebox.cli.state import JsonOpt, get_app, settings
+from onebox.cli.train import train_command
 from onebox.errors import OneboxError
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(jobs_cli.app, name="jobs")
 app.command("eval")(eval_command)
+app.command("train")(train_command)
 
 
 @app.command()

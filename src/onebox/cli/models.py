@@ -52,7 +52,8 @@ def show(
     versions = info.get("versions", [info])
     head = info.get("name") or info["model"]
     console.print(f"[bold]{head}[/] ({versions[0]['kind'] if versions else info.get('kind')})")
-    table = Table("version", "aliases", "format", "arch", "params", "size", "checksum", "base", "created")
+    columns = ("version", "aliases", "format", "arch", "params", "size", "sha256", "base", "data", "created")
+    table = Table(*columns)
     for v in versions:
         table.add_row(
             str(v["version"]),
@@ -63,6 +64,7 @@ def show(
             human_size(v["size_bytes"]),
             (v["checksum"] or "")[:12],
             v["lineage"]["base_version"] or "-",
+            v["lineage"]["dataset_version"] or "-",
             v["created_at"][:19],
         )
     console.print(table)

@@ -89,12 +89,12 @@ def submit_eval(
     heldout_blob = app.blobs.put_file(Path(heldout)) if heldout is not None else None
     if heldout_blob is not None:
         spec["heldout"] = {"digest": heldout_blob.digest, "name": Path(heldout).name}
-    labels = " vs ".join(m["ref"] for m in spec["models"])
+    labels = "-vs-".join(m["ref"].replace(":", "-v") for m in spec["models"])
     job = jobs.submit(
         app,
         JOB_TYPE,
         spec,
-        name=f"eval {labels}"[:128],
+        name=f"eval-{labels}"[:128],
         priority=priority,
         input_model_version_id=first_version,
         input_dataset_version_id=dataset_version_id,

@@ -37,7 +37,17 @@ from onebox.services.context import App
 from onebox.services.names import Ref, name_key, parse_ref, validate_name, validate_text
 from onebox.services.projects import get_project
 from onebox.store.refs import add_refs, drop_refs
-from onebox.store.tables import Deployment, Job, KnowledgeBase, Model, ModelAlias, ModelVersion, new_id
+from onebox.store.tables import (
+    Dataset,
+    DatasetVersion,
+    Deployment,
+    Job,
+    KnowledgeBase,
+    Model,
+    ModelAlias,
+    ModelVersion,
+    new_id,
+)
 
 OWNER = "model_version"
 ACTIVE_JOB_STATES = ("queued", "running", "cancelling")
@@ -302,6 +312,7 @@ def version_dict(session: Session, model: Model, mv: ModelVersion) -> dict[str, 
         "aliases": aliases,
         "lineage": {
             "base_version": f"{base.model.name}:{base.version}" if base else None,
+            "dataset_version": _dataset_ref(session, mv.dataset_version_id),
             "dataset_version_id": mv.dataset_version_id,
             "job_id": mv.job_id,
         },
@@ -309,6 +320,13 @@ def version_dict(session: Session, model: Model, mv: ModelVersion) -> dict[str, 
         "metrics": mv.metrics,
         "created_at": mv.created_at.isoformat(),
     }
+
+
+def _dataset_ref(session: Session, dataset_version_id: str | None) -> str | None:
+    if dataset_version_id is None:
+        return None
+    dv = session.get(DatasetVersion, dataset_version_id)
+    return f"{session.get_one(Dataset, dv.dataset_id).name}:{dv.version}" if dv else None
 
 
 def list_models(app: App) -> list[dict[str, Any]]:
