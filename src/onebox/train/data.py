@@ -196,9 +196,15 @@ class ChatEncoder:
         plain = [i for i, s in enumerate(spans) if s is None]
         encoded: dict[int, tuple[list[int], list[bool]]] = {}
         if chat:
-            enc = self.tokenizer(
-                [texts[i] for i in chat], add_special_tokens=False, return_offsets_mapping=True
-            )
+            try:
+                enc = self.tokenizer(
+                    [texts[i] for i in chat], add_special_tokens=False, return_offsets_mapping=True
+                )
+            except NotImplementedError as exc:  # python ("slow") tokenizers have no offsets
+                raise InvalidInputError(
+                    "loss masking needs a fast (Rust) tokenizer with offsets; this model only has a slow one",
+                    problems=[Problem("base_dir", str(exc), "add a tokenizer.json to the model directory")],
+                ) from exc
             for k, i in enumerate(chat):
                 ids = list(enc["input_ids"][k])
                 offsets = np.asarray(enc["offset_mapping"][k], dtype=np.int64).reshape(-1, 2)

@@ -1,17 +1,21 @@
 """Compute kernels that make LoRA fine-tuning fast on a CPU, each exact (not an approximation).
 
 Measured on the 2-core AVX512-BF16 box (SmolLM2-135M, 8 x 512 tokens), three things dominated a
-naive peft + SDPA step, and each has a fix here:
+naive peft + SDPA step (about 45% of its time went to attention, 25% to LoRA's small matmuls), and
+each has a fix here:
 
 - **Varlen attention** (:func:`varlen_attention_forward`). A packed row attended with a 4D
   block-diagonal mask costs ``L^2`` per row even though each sample only needs ``len^2``; the CPU
   SDPA kernel does not skip masked blocks. We gather each sample's queries/keys/values into
-  length-sorted groups and run plain causal attention per group: no cross-sample attention by
-  construction, and about ``sum(len^2)`` work.
-- **LoRA matmul layouts** (:class:`LoraDelta`). oneDNN is 10x slower on ``F.linear`` with a rank-16
-  output and on the ``g^T @ h`` weight gradient than on the transposed layouts; the autograd function
-  below computes the same products with the fast layouts, in the activations' dtype (bf16), with the
-  fp32 master weights cast once per call.
+  length-sorted groups and run causal attention per group: no cross-sample attention by
+  construction, and about ``sum(len^2)`` work. Transformers 5 can also detect packed
+  ``position_ids`` and build the block mask itself (and use flash-attention varlen on CUDA), but on
+  a CPU that is the full ``L^2`` SDPA again; the ``sdpa``/``eager`` options keep that path and the
+  tests check all of them give the same loss.
+- **LoRA matmul layouts** (:class:`LoraLinear`, :class:`LoraDelta`). oneDNN is 10x slower on
+  ``F.linear`` with a rank-16 output and on the ``g^T @ h`` weight gradient than on the transposed
+  layouts; these autograd functions compute the same products with the fast layouts, fused with the
+  frozen base product, in the activations' dtype (bf16), with the fp32 master weights cast per call.
 - **Logits** (:class:`LinearCrossEntropy`). Only assistant tokens carry a loss, so we compute
   ``lm_head`` for those rows only, in chunks, and produce the gradient in the same pass: the full
   ``tokens x vocab`` fp32 logits (800 MB for 4096 tokens and a 49k vocabulary) never exist.
