@@ -240,3 +240,19 @@ class TrainingDivergedError(TrainingError):
     """The loss or the gradients became NaN/Inf; the run stopped without saving the broken state."""
 
     code = "training_diverged"
+
+
+class OverloadedError(OneboxError):
+    """The server's admission queue is full; retry after ``details['retry_after']`` seconds.
+    Nothing was started for the request (HTTP 429 with ``Retry-After``)."""
+
+    code = "overloaded"
+    exit_code = 10
+
+
+class UnavailableError(OneboxError):
+    """A deployment exists but none of its workers can answer right now (starting, crashed and
+    restarting): HTTP 503."""
+
+    code = "unavailable"
+    exit_code = 11
