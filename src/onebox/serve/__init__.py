@@ -1,6 +1,3 @@
 """The serving layer: OpenAI semantics (chat templates, detokenization, stop strings, n, usage,
-logprobs) around a token-level engine. No HTTP here; ``onebox.api.worker_app`` exposes it."""
-
-from onebox.serve.textgen import TextGenerationService, build_text_service
-
-__all__ = ["TextGenerationService", "build_text_service"]
+logprobs) around a token-level engine (``textgen``), and the worker processes that serve it.
+No HTTP here; ``onebox.api.worker_app`` exposes a service over HTTP."""

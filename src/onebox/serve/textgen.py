@@ -9,231 +9,21 @@ and counts usage. Admission errors (overload: 429) surface before any byte of a 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from onebox.engine.config import EngineConfig
 from onebox.engine.protocol import TextEngine
-from onebox.engine.types import EngineStats, RequestOutput, SamplingParams, TokenLogprob
+from onebox.engine.types import EngineStats, SamplingParams
 from onebox.errors import InvalidInputError, NotFoundError, OneboxError, Problem
 from onebox.evaluate.chat import FALLBACK_CHAT_TEMPLATE
-from onebox.serve.detokenize import IncrementalDetokenizer, TokenBytes
+from onebox.serve.choices import Choice, EngineRun, Prompt, TokenInfo
+from onebox.serve.detokenize import TokenBytes
 from onebox.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest, model_card
-from onebox.serve.stops import StopMatcher
-
-
-@dataclass
-class _Prompt:
-    token_ids: list[int]
-    text: str | None = None
-    """The prompt as text (for ``echo``); None for token-id prompts until needed."""
-
-
-@dataclass
-class _TokenInfo:
-    token_id: int
-    logprob: TokenLogprob
-    offset: int
-    """Characters of output text before this token (``text_offset``)."""
-
-
-@dataclass
-class ChoiceDelta:
-    """What one engine step added to one choice, after detokenization and stop strings."""
-
-    index: int
-    text: str
-    tokens: list[_TokenInfo] = field(default_factory=list)
-    finish_reason: str | None = None
-
-
-class _Choice:
-    """One engine request: its detokenizer, stop matcher and counters."""
-
-    def __init__(
-        self,
-        index: int,
-        request_id: str,
-        prompt: _Prompt,
-        params: SamplingParams,
-        stops: Sequence[str],
-        tokenizer: Any,
-    ) -> None:
-        self.index = index
-        self.request_id = request_id
-        self.prompt = prompt
-        self.params = params
-        self.detok = IncrementalDetokenizer(tokenizer, prompt.token_ids)
-        self.stops = StopMatcher(stops) if stops else None
-        self.iterator: AsyncIterator[RequestOutput] | None = None
-        self.num_tokens = 0
-        self.done = False
-        self.finish_reason: str | None = None
-        self.text: list[str] = []
-        self.tokens: list[_TokenInfo] = []
-
-    def process(self, out: RequestOutput) -> ChoiceDelta:
-        pieces: list[str] = []
-        infos: list[_TokenInfo] = []
-        lps = out.logprobs or []
-        want_lp = self.params.logprobs is not None
-        for i, tid in enumerate(out.new_token_ids):
-            offset = len(self.detok.text)
-            piece = self.detok.add(tid)
-            self.num_tokens += 1
-            if want_lp and i < len(lps):
-                infos.append(_TokenInfo(tid, lps[i], offset))
-            if self.stops is not None:
-                piece, stopped = self.stops.feed(piece)
-                pieces.append(piece)
-                if stopped:
-                    self.done, self.finish_reason = True, "stop"
-                    break
-            else:
-                pieces.append(piece)
-        if out.finished and not self.done:
-            tail = self.detok.flush()
-            stopped = False
-            if self.stops is not None:
-                tail, stopped = self.stops.feed(tail)
-                if not stopped:
-                    tail += self.stops.flush()
-            pieces.append(tail)
-            self.done = True
-            self.finish_reason = "stop" if stopped else (out.finish_reason or "stop")
-        delta = ChoiceDelta(self.index, "".join(pieces), infos, self.finish_reason if self.done else None)
-        self.text.append(delta.text)
-        self.tokens.extend(infos)
-        return delta
-
-
-async def _first_output(ch: _Choice) -> RequestOutput:
-    assert ch.iterator is not None
-    try:
-        return await anext(ch.iterator)
-    except StopAsyncIteration:
-        return RequestOutput(ch.request_id, [], True, "abort")
-
-
-async def _aclose(iterator: Any) -> None:
-    close = getattr(iterator, "aclose", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            await close()
-
-
-class _Run:
-    """The engine requests behind one API request, merged into one stream of :class:`ChoiceDelta`.
-
-    ``start`` submits every request and waits for each one's first output, so admission errors
-    (overload, prompt too long) are raised before the caller commits to a response. ``close``
-    (always called, also on cancellation) closes every engine iterator, which aborts the
-    requests still running: a client that went away frees its KV slots at once.
-    """
-
-    def __init__(self, engine: TextEngine, choices: list[_Choice], adapter: str | None) -> None:
-        self.engine = engine
-        self.choices = choices
-        self.adapter = adapter
-        self._first: list[RequestOutput] = []
-        self._pumps: list[asyncio.Task[None]] = []
-        self._tasks: list[asyncio.Task[RequestOutput]] = []
-
-    async def start(self) -> None:
-        try:
-            for ch in self.choices:
-                ch.iterator = aiter(
-                    self.engine.generate(ch.request_id, ch.prompt.token_ids, ch.params, self.adapter)
-                )
-            if len(self.choices) == 1:
-                self._first = [await _first_output(self.choices[0])]
-                return
-            # All at once, so the engine batches their prefills.
-            self._tasks = [asyncio.create_task(_first_output(ch)) for ch in self.choices]
-            results = await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks = []
-            for r in results:
-                if isinstance(r, BaseException):
-                    raise r
-            self._first = results  # type: ignore[assignment]
-        except BaseException:
-            await self.close()
-            raise
-
-    async def deltas(self) -> AsyncIterator[ChoiceDelta]:
-        """Every choice's deltas, in arrival order; ends when all choices are done."""
-        pending: list[_Choice] = []
-        for ch, out in zip(self.choices, self._first, strict=True):
-            yield self._process(ch, out)
-            if not ch.done:
-                pending.append(ch)
-        if len(pending) == 1:  # the common case: no tasks, no queue
-            ch = pending[0]
-            assert ch.iterator is not None
-            async for out in ch.iterator:
-                yield self._process(ch, out)
-                if ch.done:
-                    break
-            if not ch.done:  # the engine ended the stream without saying it finished
-                yield self._process(ch, RequestOutput(ch.request_id, [], True, "abort"))
-            return
-        queue: asyncio.Queue[tuple[_Choice, RequestOutput | None, BaseException | None]] = asyncio.Queue()
-        self._pumps = [asyncio.create_task(self._pump(ch, queue)) for ch in pending]
-        tasks = dict(zip((id(ch) for ch in pending), self._pumps, strict=True))
-        active = len(pending)
-        while active:
-            ch, out, exc = await queue.get()
-            if exc is not None:
-                raise exc
-            if ch.done:
-                continue
-            if out is None:
-                out = RequestOutput(ch.request_id, [], True, "abort")
-            yield self._process(ch, out)
-            if ch.done:
-                active -= 1
-                tasks[id(ch)].cancel()
-
-    def _process(self, ch: _Choice, out: RequestOutput) -> ChoiceDelta:
-        was_done = ch.done
-        delta = ch.process(out)
-        if ch.done and not was_done and not out.finished:
-            self.engine.abort(ch.request_id)  # a stop string ended it; free the slot now
-        return delta
-
-    @staticmethod
-    async def _pump(
-        ch: _Choice, queue: asyncio.Queue[tuple[_Choice, RequestOutput | None, BaseException | None]]
-    ) -> None:
-        assert ch.iterator is not None
-        try:
-            async for out in ch.iterator:
-                queue.put_nowait((ch, out, None))
-                if out.finished:
-                    return
-            queue.put_nowait((ch, None, None))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            queue.put_nowait((ch, None, exc))
-        finally:
-            await _aclose(ch.iterator)
-
-    async def close(self) -> None:
-        tasks = [*self._tasks, *self._pumps]
-        for task in tasks:
-            task.cancel()
-        if tasks:  # wait until none of them is inside an iterator, so the iterators can be closed
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for ch in self.choices:
-            if ch.iterator is not None:
-                await _aclose(ch.iterator)
 
 
 class TextGenerationService:
@@ -340,7 +130,7 @@ class TextGenerationService:
         return self._chat_chunks(req, run, rid, prompts)
 
     async def _chat_chunks(
-        self, req: ChatCompletionRequest, run: _Run, rid: str, prompts: list[_Prompt]
+        self, req: ChatCompletionRequest, run: EngineRun, rid: str, prompts: list[Prompt]
     ) -> AsyncIterator[dict[str, Any]]:
         created = int(time.time())
         usage_field = {"usage": None} if req.include_usage else {}
@@ -386,9 +176,9 @@ class TextGenerationService:
         finally:
             await run.close()
 
-    async def _start_chat(self, req: ChatCompletionRequest) -> tuple[_Run, str, list[_Prompt]]:
+    async def _start_chat(self, req: ChatCompletionRequest) -> tuple[EngineRun, str, list[Prompt]]:
         adapter = self.resolve_adapter(req.model)
-        prompt = _Prompt(self._chat_prompt_ids(req))
+        prompt = Prompt(self._chat_prompt_ids(req))
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         max_tokens = self._fit(len(prompt.token_ids), req.output_limit, "messages", param)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -410,7 +200,7 @@ class TextGenerationService:
             ) from exc
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _chat_logprobs(self, tokens: list[_TokenInfo]) -> dict[str, Any]:
+    def _chat_logprobs(self, tokens: list[TokenInfo]) -> dict[str, Any]:
         content = []
         for t in tokens:
             text, raw = self._token_bytes(t.token_id)
@@ -462,7 +252,7 @@ class TextGenerationService:
         return self._completion_chunks(req, run, rid, prompts)
 
     async def _completion_chunks(
-        self, req: CompletionRequest, run: _Run, rid: str, prompts: list[_Prompt]
+        self, req: CompletionRequest, run: EngineRun, rid: str, prompts: list[Prompt]
     ) -> AsyncIterator[dict[str, Any]]:
         created = int(time.time())
         usage_field = {"usage": None} if req.include_usage else {}
@@ -495,7 +285,7 @@ class TextGenerationService:
         finally:
             await run.close()
 
-    async def _start_completion(self, req: CompletionRequest) -> tuple[_Run, str, list[_Prompt]]:
+    async def _start_completion(self, req: CompletionRequest) -> tuple[EngineRun, str, list[Prompt]]:
         adapter = self.resolve_adapter(req.model)
         prompts = [self._completion_prompt(p, i, len(req.prompts())) for i, p in enumerate(req.prompts())]
         explicit = "max_tokens" in req.model_fields_set
@@ -510,7 +300,7 @@ class TextGenerationService:
         await run.start()
         return run, rid, prompts
 
-    def _completion_prompt(self, prompt: str | list[int], i: int, count: int) -> _Prompt:
+    def _completion_prompt(self, prompt: str | list[int], i: int, count: int) -> Prompt:
         field_name = "prompt" if count == 1 else f"prompt.{i}"
         if isinstance(prompt, str):
             ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
@@ -518,7 +308,7 @@ class TextGenerationService:
                 raise InvalidInputError(
                     "empty prompt", problems=[Problem(field_name, "tokenizes to nothing")]
                 )
-            return _Prompt(ids, prompt)
+            return Prompt(ids, prompt)
         bad = [t for t in prompt if t >= self._vocab_size]
         if bad:
             raise InvalidInputError(
@@ -529,14 +319,14 @@ class TextGenerationService:
                     )
                 ],
             )
-        return _Prompt(list(prompt))
+        return Prompt(list(prompt))
 
-    def _prompt_text(self, prompt: _Prompt) -> str:
+    def _prompt_text(self, prompt: Prompt) -> str:
         if prompt.text is None:
             prompt.text = self.tokenizer.decode(prompt.token_ids, skip_special_tokens=False)
         return prompt.text
 
-    def _completion_logprobs(self, tokens: list[_TokenInfo]) -> dict[str, Any]:
+    def _completion_logprobs(self, tokens: list[TokenInfo]) -> dict[str, Any]:
         out: dict[str, list[Any]] = {
             "tokens": [],
             "token_logprobs": [],
@@ -579,11 +369,11 @@ class TextGenerationService:
         self,
         req: SamplingRequest,
         rid: str,
-        prompts: list[_Prompt],
+        prompts: list[Prompt],
         max_tokens: int | list[int],
         logprobs: int | None,
         adapter: str | None,
-    ) -> _Run:
+    ) -> EngineRun:
         limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
         choices = []
         for p, (prompt, limit) in enumerate(zip(prompts, limits, strict=True)):
@@ -591,9 +381,9 @@ class TextGenerationService:
                 index = p * req.n + j
                 params = self._params(req, limit, logprobs, None if req.seed is None else req.seed + index)
                 choices.append(
-                    _Choice(index, f"{rid}-{index}", prompt, params, req.stop_strings, self.tokenizer)
+                    Choice(index, f"{rid}-{index}", prompt, params, req.stop_strings, self.tokenizer)
                 )
-        return _Run(self.engine, choices, adapter)
+        return EngineRun(self.engine, choices, adapter)
 
     @staticmethod
     def _params(
@@ -628,7 +418,7 @@ def _finite(logprob: float) -> float:
     return logprob if math.isfinite(logprob) else -9999.0
 
 
-def _usage(prompts: list[_Prompt], choices: list[_Choice]) -> dict[str, int]:
+def _usage(prompts: list[Prompt], choices: list[Choice]) -> dict[str, int]:
     """Each prompt counts once, however many choices it had."""
     prompt_tokens = sum(len(p.token_ids) for p in prompts)
     completion_tokens = sum(ch.num_tokens for ch in choices)
@@ -639,7 +429,9 @@ def _usage(prompts: list[_Prompt], choices: list[_Choice]) -> dict[str, int]:
     }
 
 
-def build_text_service(deployment: str, model_dir: Path, engine_config: Any) -> TextGenerationService:
+def build_text_service(
+    deployment: str, model_dir: Path, engine_config: EngineConfig | None = None
+) -> TextGenerationService:
     """Load the engine and tokenizer of ``model_dir`` and wrap them for one deployment."""
     from onebox.engine import build_engine
     from onebox.evaluate.loading import load_tokenizer
