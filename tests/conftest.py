@@ -139,3 +139,27 @@ def demo_dir() -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def make_lora_adapter(base_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A real PEFT LoRA adapter of ``base_dir`` with non-zero B (so it changes outputs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    peft.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two different LoRA adapters of ``tiny_model_dir`` (two versions of one fine-tune)."""
+    root = tmp_path_factory.mktemp("tiny-loras")
+    return [make_lora_adapter(tiny_model_dir, root / f"lora{i}", seed=i) for i in range(2)]

@@ -19,6 +19,7 @@ from onebox import __version__
 from onebox.cli import data as data_cli
 from onebox.cli import jobs as jobs_cli
 from onebox.cli import models as models_cli
+from onebox.cli import serve as serve_cli
 from onebox.cli.evaluate import eval_command
 from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
 from onebox.cli.state import JsonOpt, get_app, settings
@@ -37,6 +38,11 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(jobs_cli.app, name="jobs")
 app.command("eval")(eval_command)
 app.command("train")(train_command)
+app.command("serve")(serve_cli.serve_command)
+app.command("deploy")(serve_cli.deploy_command)
+app.command("undeploy")(serve_cli.undeploy_command)
+app.command("chat")(serve_cli.chat_command)
+app.add_typer(serve_cli.deployments_app, name="deployments")
 
 
 @app.command()

@@ -1,0 +1,331 @@
+"""The gateway (``onebox serve``): OpenAI-compatible ``/v1`` routed to deployment workers, the
+``/api/v1`` control plane, ``/health`` and ``/metrics``.
+
+``/v1`` requests are proxied by their ``model`` field to a ready replica of the deployment that
+serves it (fewest requests in flight first). Bodies pass through untouched and streams are
+relayed chunk by chunk as they arrive; when the client goes away the upstream request is closed,
+so the worker aborts the generation and frees its slot. Worker answers (including 429 with
+``Retry-After``) pass through as they are; a worker that cannot be reached or dies mid-answer
+becomes a 503 in OpenAI's shape, and the gateway itself stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from onebox import __version__
+from onebox.api.deployments_routes import router as deployments_router
+from onebox.api.errors import error_response, install_error_handlers, openai_error_body
+from onebox.api.gateway_metrics import GatewayMetrics, StreamMeter
+from onebox.config import Settings, load_settings
+from onebox.errors import InvalidInputError, OneboxError, Problem, UnavailableError
+from onebox.serve.supervisor import Replica, Route, Supervisor
+from onebox.services.context import open_app
+
+log = logging.getLogger(__name__)
+
+PASS_HEADERS = ("content-type", "retry-after", "x-request-id")
+RETRY_AFTER_S = 2
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "onebox"
+    deployment: str = Field(description="The deployment serving this model id.")
+    status: str = Field(description="The deployment's status.")
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    deployments: dict[str, str] = Field(description="Deployment name -> status.")
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+def create_app(
+    settings: Settings | None = None, *, supervise: bool = True, **supervisor_options: Any
+) -> FastAPI:
+    """The gateway app. With ``supervise`` it runs the deployments' workers (one such gateway per
+    home); without, it only serves the control plane and routes nothing."""
+    settings = settings or load_settings()
+    onebox = open_app(settings)
+    supervisor = Supervisor(onebox, **supervisor_options)
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=2.0, read=None, write=60.0, pool=None),
+            limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
+        )
+        if supervise:
+            await supervisor.start()
+        try:
+            yield
+        finally:
+            if supervise:
+                await supervisor.stop()
+            await app.state.http.aclose()
+            onebox.close()
+
+    app = FastAPI(
+        title="onebox gateway",
+        version=__version__,
+        description="OpenAI-compatible inference (`/v1`) and the onebox control plane (`/api/v1`).",
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "openai", "description": "OpenAI-compatible API, routed by `model`."},
+            {"name": "deployments", "description": "Deploy, scale and undeploy models; manage adapters."},
+            {"name": "system", "description": "Health and Prometheus metrics."},
+        ],
+    )
+    app.state.onebox = onebox
+    app.state.supervisor = supervisor
+    app.state.metrics = metrics
+    install_error_handlers(app, openai_shape_prefix="/v1")
+    app.include_router(deployments_router)
+
+    @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streaming or not)")
+    async def chat_completions(request: Request) -> Response:
+        return await _proxy(request, "/v1/chat/completions")
+
+    @app.post("/v1/completions", tags=["openai"], summary="Text completion (streaming or not)")
+    async def completions(request: Request) -> Response:
+        return await _proxy(request, "/v1/completions")
+
+    @app.post("/v1/embeddings", tags=["openai"], summary="Embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await _proxy(request, "/v1/embeddings")
+
+    @app.get("/v1/models", tags=["openai"], response_model=ModelList, summary="Models served")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": _model_cards(supervisor)}
+
+    @app.get("/v1/models/{model:path}", tags=["openai"], response_model=ModelCard, summary="One model")
+    async def get_model(model: str) -> dict[str, Any]:
+        route = supervisor.route(model)
+        return next(c for c in _model_cards(supervisor) if c["id"] == route.model_id)
+
+    @app.get("/health", tags=["system"], response_model=Health, summary="Gateway liveness")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "deployments": {s.name: s.status for s in supervisor.specs.values()},
+        }
+
+    @app.get("/metrics", tags=["system"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        metrics.set_workers(supervisor, await supervisor.worker_stats())
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _model_cards(supervisor: Supervisor) -> list[dict[str, Any]]:
+    cards = []
+    for route in sorted(supervisor.routes.values(), key=lambda r: r.model_id):
+        spec = supervisor.specs.get(route.deployment_id)
+        cards.append(
+            {
+                "id": route.model_id,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": "onebox",
+                "deployment": route.deployment,
+                "status": spec.status if spec else "starting",
+            }
+        )
+    return cards
+
+
+def _parse_body(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise InvalidInputError(
+            "the request body is not valid JSON", problems=[Problem("body", f"not JSON: {exc}")]
+        ) from None
+    if not isinstance(payload, dict):
+        raise InvalidInputError(
+            "the request body must be a JSON object", problems=[Problem("body", "not an object")]
+        )
+    model = payload.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidInputError(
+            "the request names no model",
+            problems=[Problem("model", "is required", "set it to one of the ids of GET /v1/models")],
+        )
+    return payload
+
+
+def _unavailable(exc: UnavailableError) -> JSONResponse:
+    resp = error_response(exc, openai=True)
+    resp.headers["Retry-After"] = str(exc.details.get("retry_after", RETRY_AFTER_S))
+    return resp
+
+
+def _error(exc: OneboxError) -> JSONResponse:
+    return _unavailable(exc) if isinstance(exc, UnavailableError) else error_response(exc, openai=True)
+
+
+async def _proxy(request: Request, path: str) -> Response:
+    app = request.app
+    supervisor: Supervisor = app.state.supervisor
+    metrics: GatewayMetrics = app.state.metrics
+    endpoint = path.removeprefix("/v1/").replace("/", ".")  # chat.completions, completions, embeddings
+    started = time.perf_counter()
+    model = "-"
+    try:
+        payload = _parse_body(await request.body())
+        model = payload["model"]
+        route, replica = supervisor.pick(model)
+        model = route.model_id
+        payload["model"] = route.model_id  # the worker matches ids exactly; clients may vary case
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        upstream = await _send(request, supervisor, route, replica, path, body)
+    except OneboxError as exc:
+        resp = _error(exc)
+        metrics.requests.labels(model, endpoint, str(resp.status_code)).inc()
+        return resp
+    except ClientGone:
+        metrics.requests.labels(model, endpoint, "499").inc()
+        return Response(status_code=499)
+    resp_replica, resp = upstream
+    headers = {k: v for k, v in resp.headers.items() if k.lower() in PASS_HEADERS}
+    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+        return StreamingResponse(
+            _relay(resp, resp_replica, supervisor, metrics, model, endpoint, started),
+            status_code=resp.status_code,
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    try:
+        content = await _read_or_gone(request, resp.aread())
+    except ClientGone:
+        metrics.requests.labels(model, endpoint, "499").inc()
+        return Response(status_code=499)
+    except httpx.HTTPError:
+        supervisor.mark_unreachable(resp_replica)
+        err = UnavailableError(
+            f"the worker serving {model!r} stopped while answering; retry", retry_after=RETRY_AFTER_S
+        )
+        resp_err = _unavailable(err)
+        metrics.requests.labels(model, endpoint, str(resp_err.status_code)).inc()
+        return resp_err
+    finally:
+        resp_replica.outstanding -= 1
+        with anyio.CancelScope(shield=True):
+            await resp.aclose()
+    metrics.requests.labels(model, endpoint, str(resp.status_code)).inc()
+    metrics.latency.labels(model, endpoint).observe(time.perf_counter() - started)
+    if resp.status_code == 200 and endpoint != "embeddings":
+        with contextlib.suppress(ValueError, AttributeError):
+            metrics.observe_usage(model, json.loads(content).get("usage"))
+    return Response(content, status_code=resp.status_code, headers=headers)
+
+
+async def _send(
+    request: Request, supervisor: Supervisor, route: Route, replica: Replica, path: str, body: bytes
+) -> tuple[Replica, httpx.Response]:
+    """Open the upstream request (headers received, body not read); one retry on another replica
+    when the first cannot be connected to (it just died)."""
+    client: httpx.AsyncClient = request.app.state.http
+    headers = {"content-type": "application/json", "accept": request.headers.get("accept", "*/*")}
+    for attempt in range(2):
+        replica.outstanding += 1
+        req = client.build_request("POST", replica.url + path, content=body, headers=headers)
+        try:
+            return replica, await _read_or_gone(request, client.send(req, stream=True))
+        except httpx.ConnectError:
+            replica.outstanding -= 1
+            supervisor.mark_unreachable(replica)
+            if attempt == 0:
+                route, replica = supervisor.pick(route.model_id)  # UnavailableError if none is left
+        except httpx.HTTPError as exc:
+            replica.outstanding -= 1
+            supervisor.mark_unreachable(replica)
+            raise UnavailableError(
+                f"the worker serving {route.model_id!r} did not answer ({type(exc).__name__}); retry",
+                retry_after=RETRY_AFTER_S,
+            ) from exc
+        except BaseException:
+            replica.outstanding -= 1
+            raise
+    raise UnavailableError(
+        f"no worker serving {route.model_id!r} can be reached; retry", retry_after=RETRY_AFTER_S
+    )
+
+
+async def _read_or_gone(request: Request, awaitable: Any) -> Any:
+    """Await ``awaitable`` unless the client disconnects first (then cancel it: closing the
+    upstream connection makes the worker abort the request)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _relay(
+    resp: httpx.Response,
+    replica: Replica,
+    supervisor: Supervisor,
+    metrics: GatewayMetrics,
+    model: str,
+    endpoint: str,
+    started: float,
+) -> AsyncIterator[bytes]:
+    """Pass SSE bytes through as they come; a worker lost mid-stream ends it with an error event."""
+    meter = StreamMeter(metrics, model, started)
+    status = str(resp.status_code)
+    try:
+        async for chunk in resp.aiter_raw():
+            meter.feed(chunk)
+            yield chunk
+    except httpx.HTTPError:
+        status = "503"
+        supervisor.mark_unreachable(replica)
+        err = UnavailableError(f"the worker serving {model!r} stopped while streaming; retry")
+        body = openai_error_body(err, 503)
+        yield f"data: {json.dumps(body)}\n\n".encode() + b"data: [DONE]\n\n"
+    except BaseException:  # the client went away: closing the upstream aborts the generation
+        status = "499"
+        raise
+    finally:
+        replica.outstanding -= 1
+        with anyio.CancelScope(shield=True):  # we may be cancelled (client gone): close anyway
+            await resp.aclose()
+        metrics.requests.labels(model, endpoint, status).inc()
+        metrics.latency.labels(model, endpoint).observe(time.perf_counter() - started)
+        meter.finish()
