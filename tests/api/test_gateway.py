@@ -282,6 +282,43 @@ def test_real_chat_stream_completions_embeddings(real: Gateway) -> None:
 
 
 @pytest.mark.slow
+def test_real_adapter_hot_loaded_and_new_version_hot_reloaded(real: Gateway, tmp_path: Path) -> None:
+    from tests.conftest import make_lora_adapter
+
+    app = open_app(real.app.state.onebox.settings)
+    try:
+        base_dir = models.checkout(app, "smollm2-135m-instruct")
+        base_id = real.wait_status("smol")["model_version_id"]
+        for i in range(2):
+            make_lora_adapter(base_dir, tmp_path / f"v{i}", seed=10 + i)
+        models.register(app, "smol-lora", str(tmp_path / "v0"), base_version_id=base_id)
+        r = real.api("POST", "/api/v1/deployments/smol/adapters", json={"adapter": "smol-lora"})
+        assert r.status_code == 200 and r.json()["model_ids"] == ["smol", "smol-lora"]
+        rep = real.supervisor.replicas_of(r.json()["id"])[0]
+        pid = rep.pid
+        wait_for(lambda: "smol-lora" in rep.adapters, 120)
+        c = real.client(timeout=120)
+        msgs = [{"role": "user", "content": "What is the capital of France?"}]
+
+        def ask(model: str) -> str:
+            out = c.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0)
+            return out.choices[0].message.content
+
+        base, v1 = ask("smol"), ask("smol-lora")
+        assert v1 != base
+        # a training job registers version 2: it replaces version 1 in the running worker
+        v2_id = models.register(
+            app, "smol-lora", str(tmp_path / "v1"), new_version=True, base_version_id=base_id
+        ).version.id
+        wait_for(lambda: rep.adapters.get("smol-lora") == v2_id, 120)
+        assert rep.pid == pid and ask("smol-lora") not in (v1, base)
+        events = [e["message"] for e in real.api("GET", "/api/v1/deployments/smol").json()["events"]]
+        assert any("loaded smol-lora:2 (hot reload)" in m for m in events)
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
 def test_real_worker_killed_comes_back_and_scales(real: Gateway) -> None:
     c = real.client(timeout=120)
     msgs = [{"role": "user", "content": "Say hi"}]
