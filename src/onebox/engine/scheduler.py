@@ -158,7 +158,7 @@ class Scheduler:
         self.validate(seq.prompt_len, seq.params)
         if seq.request_id in self._by_id:
             raise InvalidInputError(f"request id {seq.request_id!r} is already in use")
-        if len(self.waiting) >= self.max_waiting and not self.slots.num_free > len(self.waiting):
+        if len(self.waiting) >= self.max_waiting + self.slots.num_free:  # free slots take queued ones first
             raise OverloadedError(
                 f"server busy: {len(self.running)} requests running and {len(self.waiting)} waiting",
                 retry_after=self.retry_after(),
