@@ -34,3 +34,27 @@ step "onebox models show varnolia-lora  (an adapter version with lineage: base m
 $ob models show varnolia-lora
 step "onebox eval smollm2-135m-instruct varnolia-lora --data varnolia --heldout $heldout  (base vs tuned)"
 $ob eval smollm2-135m-instruct varnolia-lora --data varnolia --heldout "$heldout"
+
+port="${ONEBOX_DEMO_PORT:-8321}"
+url="http://127.0.0.1:$port"
+mkdir -p "${ONEBOX_HOME:-$HOME/.onebox}/logs"
+serve_log="${ONEBOX_HOME:-$HOME/.onebox}/logs/demo-serve.log"
+step "onebox serve --port $port  (the gateway, in the background; log: $serve_log)"
+$ob serve --port "$port" >"$serve_log" 2>&1 &
+server=$!
+trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 60); do curl -sf "$url/health" >/dev/null && break; sleep 1; done
+curl -sf "$url/health" >/dev/null || { echo "the gateway did not start; see $serve_log"; exit 1; }
+step "onebox deploy smollm2-135m-instruct --adapter varnolia-lora  (base and tuned adapter in one worker)"
+$ob deployments show smollm2-135m-instruct >/dev/null 2>&1 \
+  || $ob deploy smollm2-135m-instruct --adapter varnolia-lora --max-model-len 1024
+for _ in $(seq 1 180); do  # a re-run finds the deployment in the database: wait for its worker
+  $ob deployments show smollm2-135m-instruct --json 2>/dev/null | grep -q '"status": "ready"' && break; sleep 1
+done
+step "onebox deployments list"
+$ob deployments list
+step "ask both a held-out question through the OpenAI API (official openai client, streaming)"
+.venv/bin/python scripts/ask_openai.py --base-url "$url/v1" --models smollm2-135m-instruct varnolia-lora \
+  --heldout "$heldout"
+step "curl $url/v1/models"
+curl -s "$url/v1/models"; echo

@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from onebox.api.errors import error_response, install_error_handlers, openai_error_body
 from onebox.engine.embeddings import EmbeddingEngine
 from onebox.engine.types import EngineStats
-from onebox.errors import InvalidInputError, NotFoundError, Problem
+from onebox.errors import InvalidInputError, NotFoundError, Problem, UnavailableError
 from onebox.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_card
 from onebox.serve.textgen import TextGenerationService
 
@@ -235,6 +235,8 @@ def create_worker_app(
 
     @app.get("/health")
     async def health() -> dict[str, str]:
+        if text is not None and not getattr(text.engine, "healthy", True):
+            raise UnavailableError("the inference engine has stopped; the worker must be restarted")
         return {"status": "ok"}
 
     @app.get("/stats")
