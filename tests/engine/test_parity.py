@@ -62,3 +62,23 @@ def test_mixed_adapters_in_one_batch_match_peft(
             assert hf_greedy(peft_model, chat_prompts[2], eos) != base_out  # the adapter matters
         finally:
             peft_model.unload()
+
+
+@pytest.mark.slow
+def test_int8_decode_weights_stay_close(
+    smollm_dir: Path, smollm_tok: Any, chat_prompts: list[list[int]]
+) -> None:
+    """int8 weight-only decoding is an approximation: same answer to an easy question, and the
+    next-token distributions stay close to the exact weights'."""
+    cfg = {"dtype": "bfloat16", "max_model_len": 256, "max_num_seqs": 4, "kv_cache_bytes": 2**27}
+    exact = LLMEngine.from_model_dir(smollm_dir, EngineConfig(**cfg))
+    q8 = LLMEngine.from_model_dir(
+        smollm_dir, EngineConfig(**cfg, weight_quantization="int8", int8_max_tokens=4)
+    )
+    (answer,) = generate_offline(q8, chat_prompts[:1], SamplingParams(max_tokens=12, temperature=0.0))
+    assert "Paris" in smollm_tok.decode(answer)
+    h = torch.randn(3, exact.model.cfg.hidden_size, dtype=torch.bfloat16)
+    a = torch.log_softmax(exact.model.logits(h), -1)
+    b = torch.log_softmax(q8.model.logits(h), -1)
+    kl = torch.sum(a.exp() * (a - b), -1)
+    assert float(kl.max()) < 0.05

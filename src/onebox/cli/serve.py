@@ -17,7 +17,7 @@ from rich.table import Table
 
 from onebox.cli.output import console, err_console, print_json
 from onebox.cli.state import JsonOpt, get_app, settings
-from onebox.errors import NotFoundError, OneboxError, UnavailableError
+from onebox.errors import InvalidInputError, NotFoundError, OneboxError, Problem, UnavailableError
 from onebox.services import deployments
 
 deployments_app = typer.Typer(
@@ -129,6 +129,28 @@ def serve_command(
     )
 
 
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(
+                Problem("--set", f"{item!r} is not key=value", "write e.g. --set max_num_batched_tokens=512")
+            )
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    if problems:
+        raise InvalidInputError("invalid --set options", problems=problems)
+    return out
+
+
 def deploy_command(
     ref: Annotated[str, typer.Argument(help="Model to serve: name, name:version or name@alias.")],
     name: Annotated[
@@ -142,12 +164,28 @@ def deploy_command(
     max_model_len: Annotated[int | None, typer.Option(help="Longest prompt + output, in tokens.")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="Most requests decoding at once.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float16 or float32.")] = None,
+    weight_quantization: Annotated[
+        str | None,
+        typer.Option(
+            help="none, or int8: int8 weight-only copies for decode steps (~1.7x tokens/s at batch 1, CPU)."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Any other engine option, key=value (repeatable), e.g. max_num_batched_tokens=512."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the workers are ready.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 600.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Deploy a model version (a LoRA adapter deploys its base with it); `onebox serve` runs it."""
-    engine = {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "dtype": dtype}
+    engine: dict[str, Any] = _parse_sets(set_ or [])
+    engine.update(
+        {k: v for k, v in {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs, "dtype": dtype,
+                           "weight_quantization": weight_quantization}.items() if v is not None}
+    )  # fmt: skip
     d = deployments.deploy(
         get_app(), ref, name=name, adapters=adapter or [], replicas=replicas, engine=engine
     )

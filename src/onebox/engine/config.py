@@ -18,6 +18,13 @@ class EngineConfig(BaseModel):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Compute and KV-cache dtype; ``auto`` picks bf16 where the hardware is fast at it (CPUs with
     AVX512-BF16/AMX, CUDA GPUs) and fp32 otherwise."""
+    weight_quantization: Literal["none", "int8"] = "none"
+    """``int8``: also keep a per-channel int8 copy of every projection (weight-only, scales in the
+    compute dtype) and use it for steps of at most ``int8_max_tokens`` tokens. Decoding a few
+    streams reads every weight once per token, so it is bound by memory bandwidth: half the bytes,
+    almost twice the tokens/s at batch 1. Larger steps keep the exact bf16/fp32 weights."""
+    int8_max_tokens: int = Field(default=8, ge=1)
+    """Largest step (in tokens) that uses the int8 weights when ``weight_quantization='int8'``."""
     device: str = "auto"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
     max_model_len: int | None = Field(default=2048, ge=16)

@@ -130,6 +130,24 @@ def rope_inv_freq(cfg: ArchConfig) -> tuple[torch.Tensor, float]:
 
 
 @dataclass
+class Int8Weight:
+    """Per-output-channel symmetric int8 copy of a ``[out, in]`` weight (weight-only)."""
+
+    q: torch.Tensor  # [out, in] int8
+    scale: torch.Tensor  # [out] in the compute dtype
+
+    @classmethod
+    def of(cls, w: torch.Tensor) -> Int8Weight:
+        wf = w.float()
+        scale = wf.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        return cls(q, scale.to(w.dtype))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)
+
+
+@dataclass
 class Layer:
     ln1: torch.Tensor
     wqkv: torch.Tensor
@@ -140,6 +158,7 @@ class Layer:
     wdown: torch.Tensor
     q_norm: torch.Tensor | None = None
     k_norm: torch.Tensor | None = None
+    q8: dict[str, Int8Weight] | None = None
 
 
 @dataclass
@@ -226,6 +245,22 @@ class LlamaModel:
         self._rope_scaling = scaling
         self.cos = torch.empty(0)
         self.sin = torch.empty(0)
+        self.lm_head_q8: Int8Weight | None = None
+        self.int8_max_tokens = 0
+
+    def quantize_int8(self, max_tokens: int) -> None:
+        """Add int8 copies of the projections and the LM head for steps of <= ``max_tokens``."""
+        if self.device.type != "cpu":
+            raise ModelLoadError("int8 weight-only decoding is implemented for CPUs only")
+        for ly in self.layers:
+            ly.q8 = {
+                "qkv": Int8Weight.of(ly.wqkv),
+                "o": Int8Weight.of(ly.wo),
+                "gu": Int8Weight.of(ly.wgu),
+                "down": Int8Weight.of(ly.wdown),
+            }
+        self.lm_head_q8 = Int8Weight.of(self.lm_head)
+        self.int8_max_tokens = max_tokens
 
     @classmethod
     def load(cls, model_dir: Path, dtype: torch.dtype, device: torch.device) -> LlamaModel:
@@ -276,9 +311,16 @@ class LlamaModel:
         sin = self.sin[batch.positions].unsqueeze(1)
         h = self.embed[input_ids]
         q_size, kv_size = nh * hd, nkv * hd
+        small = n <= self.int8_max_tokens
         for li, ly in enumerate(self.layers):
+            q8 = ly.q8 if small else None
             x = self._rms(h, ly.ln1)
-            qkv = F.linear(x, ly.wqkv, ly.bqkv)
+            if q8 is not None:
+                qkv = q8["qkv"](x)
+                if ly.bqkv is not None:
+                    qkv = qkv + ly.bqkv
+            else:
+                qkv = F.linear(x, ly.wqkv, ly.bqkv)
             if lora is not None:
                 lora.apply(li, "qkv", x, qkv)
             q = qkv[:, :q_size].view(n, nh, hd)
@@ -293,17 +335,17 @@ class LlamaModel:
             kc[batch.slots, :, batch.positions] = k
             vc[batch.slots, :, batch.positions] = v
             attn = self._attention(q, kc, vc, batch, n, g)
-            o = F.linear(attn, ly.wo)
+            o = q8["o"](attn) if q8 is not None else F.linear(attn, ly.wo)
             if lora is not None:
                 lora.apply(li, "o", attn, o)
             h = h + o
             x = self._rms(h, ly.ln2)
-            gu = F.linear(x, ly.wgu)
+            gu = q8["gu"](x) if q8 is not None else F.linear(x, ly.wgu)
             if lora is not None:
                 lora.apply(li, "gu", x, gu)
             inter = cfg.intermediate_size
             a = F.silu(gu[:, :inter]) * gu[:, inter:]
-            d = F.linear(a, ly.wdown)
+            d = q8["down"](a) if q8 is not None else F.linear(a, ly.wdown)
             if lora is not None:
                 lora.apply(li, "down", a, d)
             h = h + d
@@ -338,4 +380,6 @@ class LlamaModel:
         return out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head_q8 is not None and hidden.shape[0] <= self.int8_max_tokens:
+            return self.lm_head_q8(hidden).float()
         return F.linear(hidden, self.lm_head).float()

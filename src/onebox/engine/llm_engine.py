@@ -95,6 +95,8 @@ class LLMEngine:
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device.type)
         model = LlamaModel.load(Path(model_dir), dtype, device)
+        if config.weight_quantization == "int8":
+            model.quantize_int8(config.int8_max_tokens)
         return cls(model, config)
 
     # -- requests ----------------------------------------------------------------------------

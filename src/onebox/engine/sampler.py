@@ -3,7 +3,7 @@
 Order of operations (as vLLM and the OpenAI API document them): penalties, EOS/stop suppression
 (``min_tokens``, ``ignore_eos``), log-probabilities for the response, then temperature, top-k,
 top-p and min-p, then the draw. Rows that need none of the optional steps pay nothing for them:
-a batch of plain ``temperature=1`` requests costs one softmax and one exponential race, no sort.
+a batch of plain ``temperature=1`` requests costs one softmax, one cumsum and one uniform per row.
 
 Reproducibility: a seeded request draws its noise from its own ``torch.Generator``, so the same
 seed and logits give the same token whatever else is in the batch.
@@ -110,16 +110,19 @@ class Sampler:
             if needs:
                 _filter(sub, [rows[i] for i in random], needs)
             probs = torch.softmax(sub, dim=-1)
-            # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (no cumsum, no sort).
-            noise = torch.empty_like(probs)
+            # Inverse-CDF draw: one uniform per row (an exponential race or torch.multinomial needs one
+            # random number per vocabulary entry, 25 ms per step for 32 rows on this CPU).
+            u = torch.empty(len(random), 1, dtype=probs.dtype)
             unseeded = [k for k, i in enumerate(random) if rows[i].generator is None]
             if unseeded:
-                noise[unseeded] = torch.empty(len(unseeded), probs.shape[1]).exponential_()
+                u[unseeded] = torch.rand(len(unseeded), 1, dtype=probs.dtype)
             for k, i in enumerate(random):
                 gen = rows[i].generator
                 if gen is not None:
-                    noise[k].exponential_(generator=gen)
-            chosen[random] = torch.argmax(probs / noise, dim=-1)
+                    u[k] = torch.rand(1, generator=gen, dtype=probs.dtype)
+            cdf = torch.cumsum(probs, dim=-1)
+            picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.shape[1] - 1)
+            chosen[random] = picked.squeeze(1)
 
         tokens = chosen.tolist()
         out: list[SampledToken] = []
