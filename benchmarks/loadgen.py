@@ -283,11 +283,12 @@ async def run_level(
 
         t0 = time.perf_counter()
         tasks = [asyncio.create_task(worker()) for _ in range(streams)]
-        done, pending = await asyncio.wait(tasks, timeout=deadline_s)
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+        finally:  # also on Ctrl-C: no client may outlive the connection pool
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         wall = time.perf_counter() - t0
         for t in done:
             if t.exception() is not None:

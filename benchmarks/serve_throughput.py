@@ -298,15 +298,28 @@ def drive(
     name: str, base_url: str, model: str, prompts: list[list[dict[str, str]]], args: argparse.Namespace
 ) -> dict[int, LevelResult]:
     """Warm the server up, then run every concurrency level against it, printing as it goes."""
-    extra = {"ignore_eos": True, "min_tokens": args.max_tokens}
-    warm = asyncio.run(run_level(base_url, model, prompts, 2, 2, 16, extra, deadline_s=120))
+
+    def extra(n: int) -> dict[str, Any]:
+        # llama-server honours ignore_eos (min_tokens is ignored there); onebox takes both.
+        return {"ignore_eos": True, "min_tokens": n}
+
+    warm = asyncio.run(run_level(base_url, model, prompts, 2, 2, 16, extra(16), deadline_s=120))
     if warm.ok == 0:
         raise RuntimeError(f"warm-up failed: {warm.first_error}")
     results = {}
     for streams in args.levels:
         n = max(args.requests_per_stream * streams, args.min_requests)
         r = asyncio.run(
-            run_level(base_url, model, prompts, streams, n, args.max_tokens, extra, args.level_timeout)
+            run_level(
+                base_url,
+                model,
+                prompts,
+                streams,
+                n,
+                args.max_tokens,
+                extra(args.max_tokens),
+                args.level_timeout,
+            )
         )
         results[streams] = r
         print(f"  {name:<10} {fmt_level(r)}", flush=True)
@@ -526,19 +539,31 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
         if "skipped" in t or "error" in t:
             print(f"{name}: {'skipped: ' + t['skipped'] if 'skipped' in t else 'FAILED: ' + t['error']}")
 
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
     print(
-        "\n  streams | onebox tok/s | llama.cpp tok/s  ratio | vs HF seq | vs generate_batch | "
-        "TTFT p95 ms onebox/llama | TPOT p50 ms onebox/llama"
+        f"\nonebox vs baselines (HF sequential {num(hf_tps)} tok/s, generate_batch {num(batch_tps)} tok/s; "
+        "TTFT/TPOT in ms)"
     )
+    cols = ("streams", "onebox", "llama.cpp", "x llama", "x HF seq", "x g_batch", "TTFT95 ob", "TTFT95 lc")
+    print("  " + " ".join(f"{c:>9}" for c in (*cols, "TPOT50 ob", "TPOT50 lc")))
     for s in args.levels:
         o, lc = ob.get(s), llama.get(s)
         o_tps, l_tps = (o.tokens_per_s if o else None), (lc.tokens_per_s if lc else None)
-        print(
-            f"  {s:>7} | {o_tps or 0:>12.1f} | {l_tps or 0:>15.1f} {fx(ratio(o_tps, l_tps)):>6} | "
-            f"{fx(ratio(o_tps, hf_tps)):>9} | {fx(ratio(o_tps, batch_tps)):>17} | "
-            f"{ms(o.ttft_p95 if o else None):>8} / {ms(lc.ttft_p95 if lc else None):<8}        | "
-            f"{ms(o.tpot_p50 if o else None):>6} / {ms(lc.tpot_p50 if lc else None)}"
+        row = (
+            str(s),
+            num(o_tps),
+            num(l_tps),
+            fx(ratio(o_tps, l_tps)),
+            fx(ratio(o_tps, hf_tps)),
+            fx(ratio(o_tps, batch_tps)),
+            ms(o.ttft_p95 if o else None),
+            ms(lc.ttft_p95 if lc else None),
+            ms(o.tpot_p50 if o else None),
+            ms(lc.tpot_p50 if lc else None),
         )
+        print("  " + " ".join(f"{c:>9}" for c in row))
     if llama and hf_tps:
         print(
             "  llama.cpp vs HF sequential: "
