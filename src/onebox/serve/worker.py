@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Before torch is imported anywhere: workers share a few cores with the gateway and each other,
-# and spinning OpenMP threads waiting on a descheduled sibling make generation far slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP keeps its default waits (spin briefly, then sleep): PASSIVE (sleep at once) cost 25% of
+# decode speed, ACTIVE (spin forever) starves the gateway sharing the cores. The engine does all its
+# PyTorch work on one thread so libgomp keeps spinning at all (see onebox.engine.async_engine).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = logging.getLogger("onebox.serve.worker")
