@@ -124,6 +124,18 @@ def builtin_home_copy(builtin_home: Path, tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(builtin_home: Path) -> Path:
+    """The converted built-in SmolLM2-135M-Instruct as a model directory (checked out once)."""
+    from onebox.services import models
+
+    app = open_app(Settings(home=builtin_home))
+    try:
+        return models.checkout(app, "smollm2-135m-instruct")
+    finally:
+        app.close()
+
+
 @pytest.fixture
 def builtin_app(builtin_home: Path) -> Iterator[App]:
     a = open_app(Settings(home=builtin_home))

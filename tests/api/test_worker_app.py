@@ -236,19 +236,6 @@ def test_health_stats_and_adapters(server: LiveServer, client: openai.OpenAI, tm
         client.chat.completions.create(model="tuned", messages=MSG)
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir(builtin_home: Path) -> Path:
-    from onebox.config import Settings
-    from onebox.services import models
-    from onebox.services.context import open_app
-
-    app = open_app(Settings(home=builtin_home))
-    try:
-        return models.checkout(app, "smollm2-135m-instruct")
-    finally:
-        app.close()
-
-
 @pytest.mark.slow
 def test_real_smollm2_streams_what_it_answers(smollm2_dir: Path) -> None:
     """The real engine behind the worker: a greedy answer streams exactly as it is returned

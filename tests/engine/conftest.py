@@ -8,10 +8,6 @@ from typing import Any
 import pytest
 import torch
 
-from onebox.config import Settings
-from onebox.services import models
-from onebox.services.context import open_app
-
 PROMPTS = [
     "What is the capital of France?",
     "用中文介绍一下长城。",
@@ -21,19 +17,10 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="session")
-def smollm_dir(builtin_home: Path) -> Path:
-    app = open_app(Settings(home=builtin_home))
-    try:
-        return models.checkout(app, "smollm2-135m-instruct")
-    finally:
-        app.close()
-
-
-@pytest.fixture(scope="session")
-def smollm_tok(smollm_dir: Path) -> Any:
+def smollm_tok(smollm2_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(smollm_dir)
+    return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
 @pytest.fixture(scope="session")
@@ -49,14 +36,14 @@ def chat_prompts(smollm_tok: Any) -> list[list[int]]:
 
 
 @pytest.fixture(scope="session")
-def hf_model(smollm_dir: Path) -> Any:
+def hf_model(smollm2_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(smollm_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="session")
-def lora_dirs(smollm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def lora_dirs(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two random (non-zero) adapters of different ranks and target modules, saved by peft."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -67,7 +54,7 @@ def lora_dirs(smollm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         ("beta", 4, ["q_proj", "v_proj", "down_proj"], 2),
     ):
         torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
         cfg = LoraConfig(
             r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False, lora_dropout=0.0
         )

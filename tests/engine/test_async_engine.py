@@ -20,7 +20,7 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def engine(smollm_dir: Path) -> Iterator[AsyncLLMEngine]:
+def engine(smollm2_dir: Path) -> Iterator[AsyncLLMEngine]:
     cfg = EngineConfig(
         dtype="float32",
         max_model_len=256,
@@ -29,7 +29,7 @@ def engine(smollm_dir: Path) -> Iterator[AsyncLLMEngine]:
         kv_cache_bytes=2**28,
         max_num_batched_tokens=32,
     )
-    eng = AsyncLLMEngine.from_model_dir(smollm_dir, cfg)
+    eng = AsyncLLMEngine.from_model_dir(smollm2_dir, cfg)
     yield eng
     asyncio.run(eng.shutdown())
 

@@ -31,8 +31,8 @@ def fp32_engine(model_dir: Path, **kw: Any) -> LLMEngine:
 
 
 @pytest.mark.slow
-def test_greedy_matches_hf_generate(smollm_dir: Path, hf_model: Any, chat_prompts: list[list[int]]) -> None:
-    engine = fp32_engine(smollm_dir, max_num_batched_tokens=16)  # forces chunked, interleaved prefill
+def test_greedy_matches_hf_generate(smollm2_dir: Path, hf_model: Any, chat_prompts: list[list[int]]) -> None:
+    engine = fp32_engine(smollm2_dir, max_num_batched_tokens=16)  # forces chunked, interleaved prefill
     ours = generate_offline(engine, chat_prompts, SamplingParams(max_tokens=NEW, temperature=0.0))
     eos = engine.model.cfg.eos_token_ids[0]
     for prompt, got in zip(chat_prompts, ours, strict=True):
@@ -42,11 +42,11 @@ def test_greedy_matches_hf_generate(smollm_dir: Path, hf_model: Any, chat_prompt
 
 @pytest.mark.slow
 def test_mixed_adapters_in_one_batch_match_peft(
-    smollm_dir: Path, hf_model: Any, chat_prompts: list[list[int]], lora_dirs: dict[str, Path]
+    smollm2_dir: Path, hf_model: Any, chat_prompts: list[list[int]], lora_dirs: dict[str, Path]
 ) -> None:
     from peft import PeftModel
 
-    engine = fp32_engine(smollm_dir, adapters=lora_dirs)
+    engine = fp32_engine(smollm2_dir, adapters=lora_dirs)
     names: list[str | None] = ["alpha", "beta", None, "alpha"]
     ours = generate_offline(engine, chat_prompts, SamplingParams(max_tokens=NEW, temperature=0.0), names)
     eos = engine.model.cfg.eos_token_ids[0]
@@ -66,14 +66,14 @@ def test_mixed_adapters_in_one_batch_match_peft(
 
 @pytest.mark.slow
 def test_int8_decode_weights_stay_close(
-    smollm_dir: Path, smollm_tok: Any, chat_prompts: list[list[int]]
+    smollm2_dir: Path, smollm_tok: Any, chat_prompts: list[list[int]]
 ) -> None:
     """int8 weight-only decoding is an approximation: same answer to an easy question, and the
     next-token distributions stay close to the exact weights'."""
     cfg = {"dtype": "bfloat16", "max_model_len": 256, "max_num_seqs": 4, "kv_cache_bytes": 2**27}
-    exact = LLMEngine.from_model_dir(smollm_dir, EngineConfig(**cfg))
+    exact = LLMEngine.from_model_dir(smollm2_dir, EngineConfig(**cfg))
     q8 = LLMEngine.from_model_dir(
-        smollm_dir, EngineConfig(**cfg, weight_quantization="int8", int8_max_tokens=4)
+        smollm2_dir, EngineConfig(**cfg, weight_quantization="int8", int8_max_tokens=4)
     )
     (answer,) = generate_offline(q8, chat_prompts[:1], SamplingParams(max_tokens=12, temperature=0.0))
     assert "Paris" in smollm_tok.decode(answer)

@@ -7,21 +7,7 @@ from typing import Any
 
 import pytest
 
-from onebox.config import Settings
-from onebox.services.context import open_app
 from tests.serve.fakes import byte_tokenizer
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir(builtin_home: Path) -> Path:
-    """The converted built-in SmolLM2-135M-Instruct as a model directory."""
-    from onebox.services import models
-
-    app = open_app(Settings(home=builtin_home))
-    try:
-        return models.checkout(app, "smollm2-135m-instruct")
-    finally:
-        app.close()
 
 
 @pytest.fixture(scope="session")

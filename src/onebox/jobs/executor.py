@@ -30,6 +30,7 @@ from typing import IO, Any
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from onebox import pidlock
 from onebox.config import Settings
 from onebox.errors import ExecutorBusyError, OneboxError
 from onebox.jobs import procs, state
@@ -125,24 +126,14 @@ class LocalExecutor:
         report = TickReport()
         if self._started:
             return report
-        path = self.settings.home / "jobs" / "executor.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the executor's lifetime
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            f.close()
-            raise ExecutorBusyError(
-                f"another onebox executor (pid {holder}) is already running the jobs of "
-                f"{self.settings.home}; stop it or let it run them"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self._lock_file = f
+        home = self.settings.home
+        self._lock_file = pidlock.acquire(
+            home / "jobs" / "executor.lock",
+            lambda holder: ExecutorBusyError(
+                f"another onebox executor (pid {holder}) is already running the jobs of {home}; "
+                "stop it or let it run them"
+            ),
+        )
         self._started = True
         self._recover(report)
         return report

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import httpx
 
+from onebox import pidlock
 from onebox.config import Settings
 from onebox.errors import ConflictError, NotFoundError, UnavailableError
 from onebox.services import deployments, models
@@ -189,24 +190,13 @@ class Supervisor:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def acquire_lock(self) -> None:
-        path = lock_path(self.app.settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held while the supervisor runs
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            f.close()
-            raise ConflictError(
-                f"another onebox server (pid {holder}) already runs the deployments of "
-                f"{self.app.settings.home}; stop it first"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self._lock = f
+        home = self.app.settings.home
+        self._lock = pidlock.acquire(
+            lock_path(self.app.settings),
+            lambda holder: ConflictError(
+                f"another onebox server (pid {holder}) already runs the deployments of {home}; stop it first"
+            ),
+        )
 
     async def start(self) -> None:
         """Take the home's lock and start reconciling in the background."""
