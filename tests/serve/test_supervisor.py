@@ -88,6 +88,7 @@ def test_start_crash_restart_scale_undeploy(reg: App) -> None:
         os.kill(old_pid, signal.SIGKILL)
         await until(lambda: reps[0].restarts == 1 and reps[0].state == "ready")
         assert reps[0].pid != old_pid
+        await until(lambda: status(reg, "tiny") == "ready")  # the database follows on the next reconcile
         shown = deployments.show(reg, "tiny")
         assert shown["restarts"] == 1 and shown["status"] == "ready"
         assert any("exited with code -9" in e["message"] for e in shown["events"])
