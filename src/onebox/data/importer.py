@@ -17,7 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from onebox.data._io import atomic_path, atomic_write_bytes
 from onebox.data._validate import from_dict, is_int, is_number
 from onebox.data.clean import CleanConfig, Quarantined, clean
 from onebox.data.parquet import content_digest, write_examples
@@ -26,6 +25,7 @@ from onebox.data.readers import FORMATS, TABULAR_FORMATS, RawRecord, RowError, n
 from onebox.data.schema import Example, detect_schema, normalize, scalar_to_text
 from onebox.data.split import split
 from onebox.errors import EmptyInputError, ErrorList, Problem, TooManyBadRowsError
+from onebox.fsutil import atomic_path, atomic_write_bytes
 from onebox.progress import ProgressFn, null_progress
 
 PIPELINE_VERSION = 1

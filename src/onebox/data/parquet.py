@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from onebox.data._io import atomic_path
 from onebox.data.schema import Example
 from onebox.errors import InvalidInputError, Problem
+from onebox.fsutil import atomic_path
 
 MESSAGE_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 EXAMPLE_SCHEMA = pa.schema(

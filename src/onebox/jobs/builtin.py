@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onebox.errors import JobFailedError
+from onebox.fsutil import atomic_write_json
 from onebox.jobs.context import JobContext
 
 SLEEP_SPEC: dict[str, type | tuple[type, ...]] = {
@@ -31,15 +32,6 @@ def _read_step(path: Path) -> int:
     if not path.is_file():
         return 0
     return int(json.loads(path.read_text(encoding="utf-8"))["step"])
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def sleep_job(ctx: JobContext) -> dict[str, Any]:
@@ -61,7 +53,7 @@ def sleep_job(ctx: JobContext) -> dict[str, Any]:
         ctx.log.info("resuming from checkpoint at step %d", start)
     runs_file = ctx.work_dir / "sleep_runs.json"
     runs = (json.loads(runs_file.read_text())["runs"] if runs_file.is_file() else 0) + 1
-    _write_json(runs_file, {"runs": runs})
+    atomic_write_json(runs_file, {"runs": runs})
     started = time.time()
     step = start
     stopped = False
@@ -83,7 +75,7 @@ def sleep_job(ctx: JobContext) -> dict[str, Any]:
         if loss != loss:
             raise JobFailedError(f"loss became NaN at step {step}; lower the learning rate")
         if use_checkpoints:
-            _write_json(ckpt, {"step": step})
+            atomic_write_json(ckpt, {"step": step})
             ctx.mark_checkpoint(step)
         ctx.log.info("step %d/%d", step, steps)
     return {

@@ -7,10 +7,8 @@ in batches, and only ``mark_checkpoint`` writes at once, because resume depends 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from sqlalchemy import insert, update
 
 from onebox.config import Settings
 from onebox.errors import InvalidInputError
+from onebox.fsutil import atomic_write_json
 from onebox.jobs.resources import Resources
 from onebox.jobs.state import ACTIVE, CHECKPOINT_MARKER
 from onebox.store.db import Database
@@ -135,12 +134,7 @@ class JobContext:
         came after the checkpoint (and is redone from it)."""
         self.flush()
         marker = self.work_dir / CHECKPOINT_MARKER
-        tmp = marker.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"step": int(step), "attempt": self.attempt, "time": utcnow().isoformat()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, marker)
+        atomic_write_json(marker, {"step": int(step), "attempt": self.attempt, "time": utcnow().isoformat()})
         with self._db.session() as s:
             s.execute(
                 update(Job)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from onebox.errors import ArtifactMissingError, DependencyMissingError, Problem
+from onebox.fsutil import fsync_path
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,6 @@ class BlobBackend(ABC):
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem supports directory fsync
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class LocalBackend(BlobBackend):
     """Objects as read-only files under ``root/objects/ab/cdef...``."""
 
@@ -113,7 +105,7 @@ class LocalBackend(BlobBackend):
                 before_publish()
             os.chmod(tmp_name, 0o444)
             os.replace(tmp_name, final)
-            _fsync_dir(final.parent)
+            fsync_path(final.parent)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)

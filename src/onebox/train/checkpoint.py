@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from onebox.errors import ArtifactCorruptedError
+from onebox.fsutil import fsync_path
 
 FORMAT = "onebox.sft-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{6,})$")
@@ -34,20 +35,6 @@ class CheckpointInfo:
     step: int
     path: Path
     meta: dict[str, Any]
-
-
-def _fsync_path(path: Path) -> None:
-    flags = os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -73,17 +60,17 @@ def save(root: Path, step: int, state: dict[str, Any], meta: dict[str, Any]) -> 
     try:
         state_path = tmp / "state.pt"
         torch.save(state, state_path)
-        _fsync_path(state_path)
+        fsync_path(state_path)
         files = {"state.pt": {"bytes": state_path.stat().st_size, "sha256": _sha256(state_path)}}
         full_meta = {"format": FORMAT, "step": step, "complete": True, "files": files, **meta}
         meta_path = tmp / "meta.json"
         meta_path.write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        _fsync_path(meta_path)
-        _fsync_path(tmp)
+        fsync_path(meta_path)
+        fsync_path(tmp)
         if final.exists():  # a stale copy of the same step (e.g. re-saved after a crash)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_path(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,8 +22,6 @@ import json
 import logging
 import math
 import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from onebox.errors import (
     Problem,
     TrainingDivergedError,
 )
+from onebox.fsutil import atomic_dir, atomic_write_text
 from onebox.train import checkpoint as ckpt
 from onebox.train.config import SFTConfig
 from onebox.train.data import (
@@ -715,7 +714,7 @@ class _Run:
             checkpoint_bytes=checkpoint_bytes,
         )
         if self.dist.is_main:
-            _atomic_write_text(self.out_dir / "result.json", json.dumps(result.as_dict(), indent=2))
+            atomic_write_text(self.out_dir / "result.json", json.dumps(result.as_dict(), indent=2))
         self.dist.barrier()
         return result
 
@@ -767,11 +766,11 @@ class _Run:
         if self.dist.is_main:
             model = self.loaded.model
             if adapter_dir is not None:
-                with _atomic_dir(adapter_dir) as tmp:
+                with atomic_dir(adapter_dir) as tmp:
                     model.save_pretrained(str(tmp))
                     self.tokenizer.save_pretrained(str(tmp))
             if model_dir is not None:
-                with _atomic_dir(model_dir) as tmp:
+                with atomic_dir(model_dir) as tmp:
                     if cfg.method == "full":
                         model.config.use_cache = True
                         model.save_pretrained(str(tmp), state_dict=full_state)
@@ -791,29 +790,3 @@ class _Run:
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
         merged.config.use_cache = True
         merged.save_pretrained(str(dest))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-@contextlib.contextmanager
-def _atomic_dir(final: Path):  # type: ignore[no-untyped-def]
-    """Build a folder under a temporary name and swap it in whole."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield tmp
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
