@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from onebox.evaluate.chat import FALLBACK_CHAT_TEMPLATE
+from tests.byte_bpe import bytes_to_unicode
 
 SPECIALS = ("<|im_start|>", "<|im_end|>", "<|pad|>")
 IM_START, IM_END, PAD = 256, 257, 258
@@ -23,7 +24,7 @@ def _byte_level_tokenizer():  # type: ignore[no-untyped-def]
     from tokenizers.pre_tokenizers import ByteLevel
 
     alphabet = ByteLevel.alphabet()
-    byte_to_char = {b: c for b, c in zip(range(256), _bytes_to_unicode(), strict=True)}
+    byte_to_char = {b: c for b, c in zip(range(256), bytes_to_unicode(), strict=True)}
     assert set(byte_to_char.values()) == set(alphabet)
     vocab = {byte_to_char[b]: b for b in range(256)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -31,21 +32,6 @@ def _byte_level_tokenizer():  # type: ignore[no-untyped-def]
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIALS))
     return tok
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's byte-to-printable-character table, in byte order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs, strict=True))
-    return [chr(table[b]) for b in range(256)]
 
 
 @pytest.fixture(autouse=True)

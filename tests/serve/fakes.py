@@ -14,22 +14,9 @@ from typing import Any
 from onebox.engine.types import EngineStats, RequestOutput, SamplingParams, TokenLogprob
 from onebox.errors import InvalidInputError, NotFoundError, OverloadedError, Problem
 from onebox.evaluate.chat import FALLBACK_CHAT_TEMPLATE
+from tests.byte_bpe import bytes_to_unicode
 
 IM_START, IM_END, PAD = 256, 257, 258
-
-
-def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs, strict=True))
-    return [chr(table[b]) for b in range(256)]
 
 
 def byte_tokenizer() -> Any:
@@ -37,7 +24,7 @@ def byte_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = _bytes_to_unicode()
+    chars = bytes_to_unicode()
     tok = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
