@@ -35,6 +35,9 @@ class EngineDeadError(OneboxError):
 class AsyncLLMEngine:
     """Satisfies :class:`onebox.engine.protocol.TextEngine`."""
 
+    engine: LLMEngine
+    """Set by the step thread once it has built the engine."""
+
     def __init__(self, build: Callable[[], LLMEngine]) -> None:
         """``build`` runs on the step thread: every PyTorch call of the engine (loading included)
         must happen on that one thread. A second thread that touches OpenMP makes libgomp see more
@@ -52,7 +55,7 @@ class AsyncLLMEngine:
             target=self._run, args=(build, built), name="onebox-engine", daemon=True
         )
         self._thread.start()
-        self.engine = built.result()  # re-raises a load error on the caller's thread
+        built.result()  # re-raises a load error on the caller's thread; _run set self.engine
         self.max_model_len = self.engine.max_model_len
         self.eos_token_ids = self.engine.eos_token_ids
 

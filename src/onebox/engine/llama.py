@@ -14,7 +14,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +176,7 @@ class AttnBatch:
     prefills: list[tuple[int, int, int, int, torch.Tensor]]  # (row, n, slot, start, mask [1,1,g*n,start+n])
 
 
-class LoraHook:
+class LoraHook(Protocol):
     """Adds the LoRA deltas of a step's adapters to a projection's output (see engine/lora.py)."""
 
     def apply(self, layer: int, module: str, x: torch.Tensor, out: torch.Tensor) -> None: ...

@@ -21,7 +21,7 @@ from onebox.engine.lora import LoraRegistry
 from onebox.engine.runner import ModelRunner
 from onebox.engine.scheduler import Scheduler, SchedulerOutput, Sequence
 from onebox.engine.types import EngineStats, RequestOutput, SamplingParams
-from onebox.errors import ConfigError, NotFoundError, Problem
+from onebox.errors import ConfigError, InvalidInputError, NotFoundError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,6 @@ class LLMEngine:
                 )
         vocab = self.model.cfg.vocab_size
         if any(t < 0 or t >= vocab for t in prompt_token_ids):
-            from onebox.errors import InvalidInputError
-
             raise InvalidInputError(
                 "prompt has token ids outside the vocabulary",
                 problems=[Problem("prompt", f"token ids must be in [0, {vocab})")],

@@ -44,7 +44,7 @@ class ModelRunner:
             self._mask_cache[key] = m
         return m
 
-    def build_batch(self, out: SchedulerOutput) -> tuple[torch.Tensor, AttnBatch, torch.Tensor, list[int]]:
+    def build_batch(self, out: SchedulerOutput) -> tuple[torch.Tensor, AttnBatch, torch.Tensor]:
         cfg = self.model.cfg
         g = cfg.num_heads // cfg.num_kv_heads
         ids: list[int] = []
@@ -126,7 +126,7 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> dict[str, SampledToken]:
         if out.is_empty:
             return {}
-        input_ids, batch, sample_idx, _ = self.build_batch(out)
+        input_ids, batch, sample_idx = self.build_batch(out)
         hidden = self.model.forward(input_ids, batch, self.kv, sample_idx, self._step_lora(out))
         sampling = [s for s in out.scheduled if s.sample]
         if not sampling:
