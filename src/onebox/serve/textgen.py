@@ -100,11 +100,7 @@ class TextGenerationService:
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
         """A whole ``chat.completion`` response."""
         run, rid, prompts = await self._start_chat(req)
-        try:
-            async for _ in run.deltas():
-                pass
-        finally:
-            await run.close()
+        await _drain(run)
         choices = [
             {
                 "index": ch.index,
@@ -114,15 +110,9 @@ class TextGenerationService:
             }
             for ch in run.choices
         ]
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": req.model,
-            "choices": choices,
-            "usage": _usage(prompts, run.choices),
-            "system_fingerprint": None,
-        }
+        return _envelope(
+            rid, "chat.completion", req.model, int(time.time()), choices, usage=_usage(prompts, run.choices)
+        )
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Admit the request (raising 4xx errors now), then return its ``chat.completion.chunk``s."""
@@ -136,15 +126,7 @@ class TextGenerationService:
         usage_field = {"usage": None} if req.include_usage else {}
 
         def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-            return {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": req.model,
-                "system_fingerprint": None,
-                "choices": choices,
-                **usage_field,
-            }
+            return _envelope(rid, "chat.completion.chunk", req.model, created, choices, **usage_field)
 
         try:
             for ch in run.choices:
@@ -218,11 +200,7 @@ class TextGenerationService:
     async def completion(self, req: CompletionRequest) -> dict[str, Any]:
         """A whole ``text_completion`` response."""
         run, rid, prompts = await self._start_completion(req)
-        try:
-            async for _ in run.deltas():
-                pass
-        finally:
-            await run.close()
+        await _drain(run)
         choices = []
         for ch in run.choices:
             text = "".join(ch.text)
@@ -236,15 +214,9 @@ class TextGenerationService:
                     "finish_reason": ch.finish_reason,
                 }
             )
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": req.model,
-            "choices": choices,
-            "usage": _usage(prompts, run.choices),
-            "system_fingerprint": None,
-        }
+        return _envelope(
+            rid, "text_completion", req.model, int(time.time()), choices, usage=_usage(prompts, run.choices)
+        )
 
     async def completion_stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Admit the request (raising 4xx errors now), then return its ``text_completion`` chunks."""
@@ -258,15 +230,7 @@ class TextGenerationService:
         usage_field = {"usage": None} if req.include_usage else {}
 
         def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-            return {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": req.model,
-                "system_fingerprint": None,
-                "choices": choices,
-                **usage_field,
-            }
+            return _envelope(rid, "text_completion", req.model, created, choices, **usage_field)
 
         try:
             if req.echo:
@@ -444,3 +408,27 @@ def build_text_service(
         )
     engine = build_engine(Path(model_dir), engine_config)
     return TextGenerationService(deployment, engine, tokenizer)
+
+
+async def _drain(run: EngineRun) -> None:
+    """Run a request to its end (the whole-response endpoints collect its choices)."""
+    try:
+        async for _ in run.deltas():
+            pass
+    finally:
+        await run.close()
+
+
+def _envelope(
+    rid: str, obj: str, model: str, created: int, choices: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """The fields every OpenAI response and chunk shares."""
+    return {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        **extra,
+    }
