@@ -100,7 +100,6 @@ class ModelRunner:
             torch.tensor(ids, dtype=torch.long, device=dev),
             batch,
             torch.tensor(sample_rows, dtype=torch.long, device=dev),
-            sample_rows,
         )
 
     def _step_lora(self, out: SchedulerOutput) -> StepLora | None:
