@@ -218,13 +218,15 @@ async def _proxy(request: Request, path: str) -> Response:
     headers = {k: v for k, v in resp.headers.items() if k.lower() in PASS_HEADERS}
     if resp.headers.get("content-type", "").startswith("text/event-stream"):
         return StreamingResponse(
-            _relay(resp, resp_replica, supervisor, metrics, model, endpoint, started),
+            _relay(request, resp, resp_replica, supervisor, metrics, model, endpoint, started),
             status_code=resp.status_code,
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
+    gone = False
     try:
         content = await _read_or_gone(request, resp.aread())
     except ClientGone:
+        gone = True
         metrics.requests.labels(model, endpoint, "499").inc()
         return Response(status_code=499)
     except httpx.HTTPError:
@@ -237,8 +239,7 @@ async def _proxy(request: Request, path: str) -> Response:
         return resp_err
     finally:
         resp_replica.outstanding -= 1
-        with anyio.CancelScope(shield=True):
-            await resp.aclose()
+        await _close_upstream(resp, client_gone=gone)
     metrics.requests.labels(model, endpoint, str(resp.status_code)).inc()
     metrics.latency.labels(model, endpoint).observe(time.perf_counter() - started)
     if resp.status_code == 200 and endpoint != "embeddings":
@@ -279,6 +280,19 @@ async def _send(
     )
 
 
+async def _close_upstream(resp: httpx.Response, *, client_gone: bool) -> None:
+    """Close the worker's response even while being cancelled. When the client went away, close
+    the socket itself: after a cancelled read httpcore may keep the half-read connection open, and
+    the worker would go on generating into its buffers instead of freeing the slot."""
+    with anyio.CancelScope(shield=True):
+        if client_gone:
+            stream = resp.extensions.get("network_stream")
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+        await resp.aclose()
+
+
 async def _read_or_gone(request: Request, awaitable: Any) -> Any:
     """Await ``awaitable`` unless the client disconnects first (then cancel it: closing the
     upstream connection makes the worker abort the request)."""
@@ -298,6 +312,7 @@ async def _read_or_gone(request: Request, awaitable: Any) -> Any:
 
 
 async def _relay(
+    request: Request,
     resp: httpx.Response,
     replica: Replica,
     supervisor: Supervisor,
@@ -309,10 +324,19 @@ async def _relay(
     """Pass SSE bytes through as they come; a worker lost mid-stream ends it with an error event."""
     meter = StreamMeter(metrics, model, started)
     status = str(resp.status_code)
+    chunks = resp.aiter_raw()
     try:
-        async for chunk in resp.aiter_raw():
+        while True:
+            # Between chunks the client may hang up: notice it while waiting, not only at the
+            # next send, so the worker's slot is freed at once (a stream may pause for long).
+            try:
+                chunk = await _read_or_gone(request, chunks.__anext__())
+            except StopAsyncIteration:
+                break
             meter.feed(chunk)
             yield chunk
+    except ClientGone:
+        status = "499"
     except httpx.HTTPError:
         status = "503"
         supervisor.mark_unreachable(replica)
@@ -324,8 +348,7 @@ async def _relay(
         raise
     finally:
         replica.outstanding -= 1
-        with anyio.CancelScope(shield=True):  # we may be cancelled (client gone): close anyway
-            await resp.aclose()
+        await _close_upstream(resp, client_gone=status == "499")
         metrics.requests.labels(model, endpoint, status).inc()
         metrics.latency.labels(model, endpoint).observe(time.perf_counter() - started)
         meter.finish()
