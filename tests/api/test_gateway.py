@@ -175,7 +175,8 @@ def test_client_disconnect_cancels_upstream(gw: Gateway) -> None:
 
     def aborted() -> bool:
         nonlocal stats
-        stats = {rep.index: httpx.get(f"{rep.url}/stats").json() for rep in gw.supervisor.replicas.values()}
+        # keyed by (deployment, replica): both deployments have a replica 0
+        stats = {key: httpx.get(f"{rep.url}/stats").json() for key, rep in gw.supervisor.replicas.items()}
         return sum(s["aborted"] for s in stats.values()) >= 1
 
     wait_for(aborted, 10, lambda: str(stats))
