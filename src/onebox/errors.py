@@ -256,3 +256,28 @@ class UnavailableError(OneboxError):
 
     code = "unavailable"
     exit_code = 11
+
+
+class DocumentError(InvalidInputError):
+    """A document cannot be ingested (corrupt, encrypted, empty, oversized, unsupported). The
+    ingestion report lists it with this reason; the rest of the batch goes on."""
+
+    code = "document_error"
+
+
+class EncryptedDocumentError(DocumentError):
+    """The document is password-protected; decrypt it before adding it to a knowledge base."""
+
+    code = "document_encrypted"
+
+
+class CorruptDocumentError(DocumentError):
+    """The file is damaged or not what its extension says."""
+
+    code = "document_corrupt"
+
+
+class IndexCorruptedError(IntegrityError):
+    """A knowledge-base index on disk does not match its records and could not be rebuilt."""
+
+    code = "index_corrupted"
