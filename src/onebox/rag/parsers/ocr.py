@@ -84,15 +84,23 @@ def _box(item: Any) -> Box:
 
 
 def _respace(text: str, char_boxes: Any) -> str:
-    """Put back the spaces between Latin words that the recogniser drops, from per-character boxes."""
-    out = [text[0]] if text else []
+    """Put back the spaces between Latin words that the recogniser drops, from per-character boxes.
+
+    Only for boxes recognised without any space; a gap counts as a space when it is wide relative
+    to the glyph height (narrower between a letter and a digit, never between two digits).
+    """
+    if " " in text:
+        return text
+    out = [text[:1]]
     for i in range(1, len(text)):
         prev, cur = text[i - 1], text[i]
-        if prev.isascii() and cur.isascii() and prev != " " and cur != " ":
+        latin = prev.isascii() and cur.isascii() and prev.isalnum() and cur.isalnum()
+        if latin and not (prev.isdigit() and cur.isdigit()):
             left = max(float(p[0]) for p in char_boxes[i - 1])
             right = min(float(p[0]) for p in char_boxes[i])
-            height = max(float(p[1]) for p in char_boxes[i]) - min(float(p[1]) for p in char_boxes[i])
-            if right - left > 0.22 * max(height, 1.0) and not (prev in "-/:(" or cur in "-/:,.;)%"):
+            ys = [float(p[1]) for p in char_boxes[i]]
+            gap = (right - left) / max(1.0, max(ys) - min(ys))
+            if gap > (0.22 if prev.isalpha() == cur.isalpha() else 0.12):
                 out.append(" ")
         out.append(cur)
     return "".join(out)
@@ -121,7 +129,7 @@ def layout(boxes: list[Box]) -> list[str]:
         text = _join_row(row)
         top = min(b.y0 for b in row)
         new_para = (
-            prev_bottom is None or top - prev_bottom > 0.9 * typical or abs(height - typical) > 0.3 * typical
+            prev_bottom is None or top - prev_bottom > 0.6 * typical or abs(height - typical) > 0.3 * typical
         )
         if new_para or not paragraphs:
             paragraphs.append([text])

@@ -62,7 +62,7 @@ def parse(ctx: ParseContext) -> ParsedDocument:
             elements.append(Element("heading", title, slide=number, level=1))
             first_title = first_title or title
         for shape in _shapes(slide.shapes):
-            if shape is title_shape:
+            if title_shape is not None and shape.shape_id == title_shape.shape_id:
                 continue
             if getattr(shape, "has_table", False) and shape.has_table:
                 rows = [[cell.text for cell in row.cells] for row in shape.table.rows]

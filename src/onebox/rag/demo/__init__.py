@@ -1,0 +1,1 @@
+"""Demo knowledge-base documents about the fictional company Varnolia Tech (沃萝科技)."""
