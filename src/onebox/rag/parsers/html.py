@@ -13,7 +13,6 @@ from onebox.rag.parsers._common import (
     ParseContext,
     clean_line,
     decode_bytes,
-    join_fragments,
     table_elements,
     text_element,
 )
@@ -40,7 +39,9 @@ class _Walker:
         self.title = ""
 
     def flush(self, kind: ElementKind = "paragraph") -> None:
-        text = join_fragments(self.inline) if kind != "code" else "".join(self.inline)
+        text = "".join(self.inline)
+        if kind != "code":
+            text = " ".join(text.split())  # HTML whitespace, newlines included, renders as one space
         self.inline = []
         if el := text_element(kind, text, heading_path=self.headings.path):
             self.elements.append(el)
