@@ -1,0 +1,139 @@
+"""The SQLite file of an embedded index: schema, connections, and the filter clause.
+
+One file is the whole truth of a knowledge base (documents, chunks, float32 vectors, FTS5 terms),
+so an upsert or delete is one SQLite transaction and a crash leaves the previous state. Every
+write bumps ``generation`` and logs removed chunk ids in ``removed``: that is how an in-memory or
+on-disk ANN graph, which is only a cache, learns what it has missed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from onebox.errors import IndexCorruptedError, StoreError
+from onebox.rag.index._records import epoch
+from onebox.rag.types import SearchFilter
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    doc_no INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL UNIQUE,
+    content_hash TEXT NOT NULL,
+    format TEXT NOT NULL,
+    title TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    n_chunks INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    modified TEXT,
+    added TEXT,
+    modified_ts REAL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chunk_id TEXT NOT NULL UNIQUE,
+    doc_no INTEGER NOT NULL REFERENCES documents(doc_no),
+    doc_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    heading_path TEXT NOT NULL,
+    page_start INTEGER,
+    page_end INTEGER,
+    sheet TEXT,
+    slide INTEGER,
+    n_tokens INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_no);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0');
+CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_gen ON removed(gen);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, waiting on writers."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=60000")
+        conn.execute("PRAGMA cache_size=-65536")
+    except sqlite3.DatabaseError as exc:
+        raise IndexCorruptedError(f"{path} is not a readable knowledge-base index: {exc}") from exc
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection, dim: int, path: Path) -> None:
+    """Create the tables on first open; on later opens check that the dimension matches."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        got = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if not got:
+            conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)",
+                [("schema", str(SCHEMA_VERSION)), ("dim", str(dim)), ("generation", "0"), ("floor", "0")],
+            )
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        _rollback(conn)
+        raise IndexCorruptedError(f"{path} is not a readable knowledge-base index: {exc}") from exc
+    if got and int(got.get("dim", -1)) != dim:
+        raise IndexCorruptedError(
+            f"{path} holds {got.get('dim')}-dimensional vectors, not {dim}: "
+            "the knowledge base was built with another embedding model",
+            path=str(path),
+        )
+    if got and int(got.get("schema", -1)) != SCHEMA_VERSION:
+        raise IndexCorruptedError(f"{path} has index schema {got.get('schema')}, expected {SCHEMA_VERSION}")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def meta_int(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
+
+
+def doc_filter(flt: SearchFilter | None, alias: str = "d") -> tuple[str, list[Any]]:
+    """``WHERE``-ready SQL over ``documents`` for a filter (``"1"`` when there is none)."""
+    if flt is None or flt.is_empty():
+        return "1", []
+    parts: list[str] = []
+    args: list[Any] = []
+    if flt.sources:
+        parts.append(f"{alias}.source IN ({','.join('?' * len(flt.sources))})")
+        args.extend(flt.sources)
+    if flt.tags:
+        marks = ",".join("?" * len(flt.tags))
+        parts.append(f"EXISTS (SELECT 1 FROM json_each({alias}.tags) t WHERE t.value IN ({marks}))")
+        args.extend(flt.tags)
+    if flt.modified_from is not None:
+        parts.append(f"{alias}.modified_ts >= ?")
+        args.append(epoch(flt.modified_from))
+    if flt.modified_to is not None:
+        parts.append(f"{alias}.modified_ts <= ?")
+        args.append(epoch(flt.modified_to))
+    return " AND ".join(parts), args
+
+
+def wrap(exc: sqlite3.Error, path: Path, what: str) -> Exception:
+    """The onebox error for a SQLite failure: corruption is an integrity problem, the rest a store one."""
+    if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc).lower():
+        return IndexCorruptedError(f"{path}: {what} failed, the index file is damaged: {exc}", path=str(path))
+    return StoreError(f"{path}: {what} failed: {exc}", path=str(path))
