@@ -40,6 +40,17 @@ class Settings(BaseSettings):
     """Unreferenced blobs younger than this are kept by ``onebox gc`` (an import may still be
     about to reference them)."""
 
+    kb_index_url: str | None = None
+    """Where knowledge-base indexes live: unset keeps each in a folder under ``<home>/kbs``
+    (embedded); a ``postgresql://`` URL of a database with pgvector holds them all (cluster mode)."""
+
+    @field_validator("kb_index_url")
+    @classmethod
+    def _pg_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            raise ValueError("must be a postgresql:// URL (or unset for indexes under the home folder)")
+        return v or None
+
     @field_validator("max_import_bytes", "gc_grace_seconds")
     @classmethod
     def _non_negative(cls, v: int) -> int:

@@ -23,6 +23,7 @@ HANDLERS: dict[str, str] = {
     "train": "onebox.services.training:run_train_job",
     "eval": "onebox.services.evaluation:run_eval_job",
     "sleep": "onebox.jobs.builtin:sleep_job",
+    "kb_ingest": "onebox.services.kbs:run_ingest_job",
 }
 
 _TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
