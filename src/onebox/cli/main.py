@@ -18,6 +18,7 @@ from rich.table import Table
 from onebox import __version__
 from onebox.cli import data as data_cli
 from onebox.cli import jobs as jobs_cli
+from onebox.cli import kb as kb_cli
 from onebox.cli import models as models_cli
 from onebox.cli import serve as serve_cli
 from onebox.cli.evaluate import eval_command
@@ -36,6 +37,7 @@ app = typer.Typer(
 app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(jobs_cli.app, name="jobs")
+app.add_typer(kb_cli.app, name="kb")
 app.command("eval")(eval_command)
 app.command("train")(train_command)
 app.command("serve")(serve_cli.serve_command)
