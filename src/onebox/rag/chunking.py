@@ -438,15 +438,18 @@ def chunk_elements(
     *,
     count_tokens: CountTokens,
     max_tokens: int = DEFAULT_MAX_TOKENS,
-    overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
+    overlap_tokens: int | None = None,
     title: str = "",
     skip_kinds: tuple[str, ...] = DEFAULT_SKIP_KINDS,
 ) -> list[Chunk]:
     """Chunks of one document in reading order; ``count_tokens(chunk.embed_text(title)) <= max_tokens``.
 
+    ``overlap_tokens`` defaults to ``DEFAULT_OVERLAP_TOKENS`` or a sixth of ``max_tokens`` if less.
     Pass the same ``title`` the index will embed with, so the budget covers it. Heading elements
     are not repeated in the text: they become ``Chunk.heading_path`` of what follows them.
     """
+    if overlap_tokens is None:
+        overlap_tokens = min(DEFAULT_OVERLAP_TOKENS, max(max_tokens, 0) // 6)
     cfg = ChunkingConfig(max_tokens=max_tokens, overlap_tokens=overlap_tokens, skip_kinds=skip_kinds)
     ck = _Chunker(doc_id, title, count_tokens, cfg)
     stack: tuple[str, ...] = ()
