@@ -30,7 +30,7 @@ _GRAPH = "graph.hnsw"
 _META = "ann.json"
 M = 16
 EF_CONSTRUCTION = 100
-EF_SEARCH = 64
+EF_SEARCH = 128
 _BATCH = 10_000
 
 

@@ -377,7 +377,7 @@ class EmbeddedIndex:
         if doc_nos is None:
             if self._ann is None:
                 return table.search(q, k)
-            pos = table.positions(self._ann.search(q, k))
+            pos = table.positions(self._ann.search(q, max(2 * k, k + 10)))  # re-ranked exactly
             if len(pos) < min(k, len(table)):
                 return table.search(q, k)
             return _top(table, pos, q, k)
