@@ -73,6 +73,9 @@ def test_damaged_or_stale_graph_is_rebuilt(tmp_path: Path, damage: str) -> None:
     with EmbeddedIndex(tmp_path, DIM, ann_threshold=300, progress=lambda p, d, t: phases.append(p)) as ix:
         assert "ann" in phases
         assert _recall(ix, vecs, rng) >= 0.9
+    phases.clear()
+    with EmbeddedIndex(tmp_path, DIM, ann_threshold=300, progress=lambda p, d, t: phases.append(p)) as ix:
+        assert "ann" not in phases  # the rebuilt graph replaced the bad one
 
 
 def test_graph_catches_up_with_writes_it_missed(tmp_path: Path) -> None:

@@ -99,9 +99,21 @@ class AnnGraph:
     def get(self, keys: np.ndarray) -> np.ndarray:
         return np.asarray(self._ix.get_items(keys.astype(np.uint64).tolist()), dtype=np.float32)
 
-    def save(self, folder: Path, generation: int, max_key: int) -> None:
-        """Write graph + meta under a temporary name and swap the folder in (one lock per KB)."""
-        with _locked(folder.parent / f".{folder.name}.lock"), atomic_dir(folder) as tmp:
+    def save(self, folder: Path, generation: int, max_key: int, *, force: bool = False) -> bool:
+        """Write graph + meta under a temporary name and swap the folder in (one lock per KB);
+        a process never replaces a graph saved at a later generation by another one (unless
+        ``force``: the saved one was found unusable)."""
+        with _locked(folder.parent / f".{folder.name}.lock"):
+            try:
+                if not force and json.loads((folder / _META).read_text())["generation"] >= generation:
+                    return False
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            self._write(folder, generation, max_key)
+        return True
+
+    def _write(self, folder: Path, generation: int, max_key: int) -> None:
+        with atomic_dir(folder) as tmp:
             self._ix.save_index(str(tmp / _GRAPH))
             meta = AnnMeta(generation, self.dim, self.count, max_key, _digest(tmp / _GRAPH))
             (tmp / _META).write_text(json.dumps(meta.__dict__))

@@ -284,7 +284,7 @@ class EmbeddedIndex:
         graph = AnnGraph(self.dim, capacity=int(len(keys) * 1.25))
         graph.add(keys, vecs, self._progress)
         self._ann, self._saved_gen, self._unsaved = graph, -1, len(keys)
-        self.flush()
+        self.flush(force=True)
 
     def _resize_ann(self) -> None:
         assert self._table is not None
@@ -293,12 +293,13 @@ class EmbeddedIndex:
         elif self._ann is not None and len(self._table) < self._ann_threshold // 2:
             self._ann = None
 
-    def flush(self) -> None:
-        """Save the graph now if it has changes (also done on close and as ingestion goes)."""
+    def flush(self, *, force: bool = False) -> None:
+        """Save the graph now if it has changes (also done on close and as ingestion goes);
+        ``force`` replaces a saved graph even when it claims a later generation."""
         with self._dense_lock:
             if self._ann is None or self._table is None or self._saved_gen == self._gen:
                 return
-            self._ann.save(self.path / ANN_DIR, self._gen, self._table.max_key)
+            self._ann.save(self.path / ANN_DIR, self._gen, self._table.max_key, force=force)
             self._saved_gen, self._unsaved = self._gen, 0
             self._prune_log(self._gen)
 
