@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from onebox import __version__
+from onebox.api import kbs_routes
 from onebox.api.deployments_routes import router as deployments_router
 from onebox.api.errors import error_response, install_error_handlers, openai_error_body
 from onebox.api.gateway_metrics import GatewayMetrics, StreamMeter
@@ -99,6 +100,11 @@ def create_app(
         openapi_tags=[
             {"name": "openai", "description": "OpenAI-compatible API, routed by `model`."},
             {"name": "deployments", "description": "Deploy, scale and undeploy models; manage adapters."},
+            {
+                "name": "knowledge bases",
+                "description": "Index documents; search them; answer questions with citations. "
+                "`/v1/chat/completions` takes an optional `knowledge_base` to ground its answer.",
+            },
             {"name": "system", "description": "Health and Prometheus metrics."},
         ],
     )
@@ -107,6 +113,7 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app, openai_shape_prefix="/v1")
     app.include_router(deployments_router)
+    app.include_router(kbs_routes.router)
 
     @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streaming or not)")
     async def chat_completions(request: Request) -> Response:
@@ -199,9 +206,19 @@ async def _proxy(request: Request, path: str) -> Response:
     endpoint = path.removeprefix("/v1/").replace("/", ".")  # chat.completions, completions, embeddings
     started = time.perf_counter()
     model = "-"
+    grounding: kbs_routes.Grounding | None = None
     try:
         payload = _parse_body(await request.body())
         model = payload["model"]
+        if path == "/v1/chat/completions" and "knowledge_base" in payload:
+            model = supervisor.route(model).model_id  # an unknown model fails before retrieval
+            if payload.get("knowledge_base") is not None:
+                grounding = await kbs_routes.ground(request, payload)
+            payload.pop("knowledge_base", None)
+            if grounding is not None and grounding.not_found:
+                resp = kbs_routes.not_found_response(grounding, model, bool(payload.get("stream")))
+                metrics.requests.labels(model, endpoint, str(resp.status_code)).inc()
+                return resp
         route, replica = supervisor.pick(model)
         model = route.model_id
         payload["model"] = route.model_id  # the worker matches ids exactly; clients may vary case
@@ -218,7 +235,7 @@ async def _proxy(request: Request, path: str) -> Response:
     headers = {k: v for k, v in resp.headers.items() if k.lower() in PASS_HEADERS}
     if resp.headers.get("content-type", "").startswith("text/event-stream"):
         return StreamingResponse(
-            _relay(request, resp, resp_replica, supervisor, metrics, model, endpoint, started),
+            _relay(request, resp, resp_replica, supervisor, metrics, model, endpoint, started, grounding),
             status_code=resp.status_code,
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -245,6 +262,8 @@ async def _proxy(request: Request, path: str) -> Response:
     if resp.status_code == 200 and endpoint != "embeddings":
         with contextlib.suppress(ValueError, AttributeError):
             metrics.observe_usage(model, json.loads(content).get("usage"))
+    if grounding is not None and resp.status_code == 200:
+        content = kbs_routes.decorate_body(grounding, content)
     return Response(content, status_code=resp.status_code, headers=headers)
 
 
@@ -320,11 +339,14 @@ async def _relay(
     model: str,
     endpoint: str,
     started: float,
+    grounding: kbs_routes.Grounding | None = None,
 ) -> AsyncIterator[bytes]:
-    """Pass SSE bytes through as they come; a worker lost mid-stream ends it with an error event."""
+    """Pass SSE bytes through as they come; a worker lost mid-stream ends it with an error event.
+    A grounded stream is passed event by event and ends with a chunk carrying the citations."""
     meter = StreamMeter(metrics, model, started)
     status = str(resp.status_code)
     chunks = resp.aiter_raw()
+    citing = kbs_routes.CitingRelay(grounding, model) if grounding is not None else None
     try:
         while True:
             # Between chunks the client may hang up: notice it while waiting, not only at the
@@ -332,9 +354,14 @@ async def _relay(
             try:
                 chunk = await _read_or_gone(request, chunks.__anext__())
             except StopAsyncIteration:
+                if citing is not None and resp.status_code == 200:
+                    yield citing.finish()
                 break
             meter.feed(chunk)
-            yield chunk
+            if citing is None:
+                yield chunk
+            elif out := citing.feed(chunk):
+                yield out
     except ClientGone:
         status = "499"
     except httpx.HTTPError:
