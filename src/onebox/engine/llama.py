@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from onebox.engine.kv_cache import KVCache
 from onebox.errors import ModelLoadError
@@ -172,8 +173,8 @@ class AttnBatch:
     decode_dense: bool  # decode_slots == arange(Bd): no scatter needed
     decode_span: int  # max decode slot + 1
     decode_len: int  # longest decode context
-    decode_mask: torch.Tensor | None  # [span, 1, 1, decode_len] bool
-    prefills: list[tuple[int, int, int, int, torch.Tensor]]  # (row, n, slot, start, mask [1,1,g*n,start+n])
+    decode_mask: torch.Tensor | None  # [span (sdpa) or Bd (math), 1, 1, decode_len]
+    prefills: list[tuple[int, int, int, int, torch.Tensor]]  # (row, n, slot, start, mask [1|nkv,g*n,start+n])
 
 
 class LoraHook(Protocol):
@@ -247,6 +248,8 @@ class LlamaModel:
         self.sin = torch.empty(0)
         self.lm_head_q8: Int8Weight | None = None
         self.int8_max_tokens = 0
+        self.math_attention = dtype != torch.float32
+        """bf16/fp16 attention as plain GEMMs with additive fp32 masks (see :meth:`_math`)."""
 
     def quantize_int8(self, max_tokens: int) -> None:
         """Add int8 copies of the projections and the LM head for steps of <= ``max_tokens``."""
@@ -361,23 +364,52 @@ class LlamaModel:
         if nd:
             # One call for all decodes: each kv head's g query heads act as g query rows.
             qd = q[:nd].reshape(nd, nkv, g, hd)
-            if not b.decode_dense:
-                full = q.new_zeros(b.decode_span, nkv, g, hd)
-                full[b.decode_slots] = qd
-                qd = full
-            kd = kc[: b.decode_span, :, : b.decode_len]
-            vd = vc[: b.decode_span, :, : b.decode_len]
-            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask)
-            if not b.decode_dense:
-                od = od[b.decode_slots]
+            decode = self._math_decode if self.math_attention else self._sdpa_decode
+            od = decode(qd, kc, vc, b)
             out[:nd] = od.reshape(nd, nh * hd)
         for row, cnt, slot, start, mask in b.prefills:
-            qp = q[row : row + cnt].view(cnt, nkv, g, hd).permute(1, 2, 0, 3).reshape(1, nkv, g * cnt, hd)
-            kp = kc[slot : slot + 1, :, : start + cnt]
-            vp = vc[slot : slot + 1, :, : start + cnt]
-            op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask)
+            qp = q[row : row + cnt].view(cnt, nkv, g, hd).permute(1, 2, 0, 3).reshape(nkv, g * cnt, hd)
+            kp = kc[slot, :, : start + cnt]
+            vp = vc[slot, :, : start + cnt]
+            if self.math_attention:
+                op = self._math(qp, kp.contiguous(), vp.contiguous(), mask)
+            else:
+                op = F.scaled_dot_product_attention(qp[None], kp[None], vp[None], attn_mask=mask)
             out[row : row + cnt] = op.view(nkv, g, cnt, hd).permute(2, 0, 1, 3).reshape(cnt, nh * hd)
         return out
+
+    def _sdpa_decode(self, qd: Tensor, kc: Tensor, vc: Tensor, b: AttnBatch) -> Tensor:
+        nd = qd.shape[0]
+        if not b.decode_dense:
+            full = qd.new_zeros(b.decode_span, *qd.shape[1:])
+            full[b.decode_slots] = qd
+            qd = full
+        kd = kc[: b.decode_span, :, : b.decode_len]
+        vd = vc[: b.decode_span, :, : b.decode_len]
+        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask)
+        return od[b.decode_slots] if not b.decode_dense else od[:nd]
+
+    def _math_decode(self, qd: Tensor, kc: Tensor, vc: Tensor, b: AttnBatch) -> Tensor:
+        # Gathering the live slots makes K/V contiguous: batched GEMMs over the strided cache view
+        # are several times slower than the copy.
+        if b.decode_dense:
+            kd = kc[: qd.shape[0], :, : b.decode_len].contiguous()
+            vd = vc[: qd.shape[0], :, : b.decode_len].contiguous()
+        else:
+            kd = kc[b.decode_slots, :, : b.decode_len]
+            vd = vc[b.decode_slots, :, : b.decode_len]
+        return self._math(qd, kd, vd, b.decode_mask)
+
+    def _math(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention as two batched GEMMs with an fp32 softmax and an additive mask.
+
+        For the short rows of decode and of chunked prefill on CPUs this beats SDPA's flash kernel
+        by 2-3x in bf16; fp32 keeps SDPA so that greedy output matches Hugging Face exactly.
+        """
+        s = torch.matmul(q, k.transpose(-1, -2)).float().mul_(self.cfg.head_dim**-0.5)
+        if mask is not None:
+            s.add_(mask)
+        return torch.matmul(torch.softmax(s, dim=-1).to(q.dtype), v)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head_q8 is not None and hidden.shape[0] <= self.int8_max_tokens:

@@ -12,6 +12,11 @@ from onebox.engine.sampler import Sampler, SampleRow
 from onebox.engine.scheduler import SampledToken, SchedulerOutput
 
 
+def _additive(allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask as the fp32 bias the math attention path adds to its scores."""
+    return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
+
+
 class ModelRunner:
     def __init__(self, model: LlamaModel, kv: KVCache, loras: LoraRegistry) -> None:
         self.model = model
@@ -39,6 +44,8 @@ class ModelRunner:
         if m is None:
             q_pos = start + torch.arange(cnt).repeat(g)  # rows are (group, token) in group-major order
             m = (torch.arange(start + cnt)[None, :] <= q_pos[:, None]).view(1, 1, g * cnt, start + cnt)
+            if self.model.math_attention:
+                m = _additive(m).view(g * cnt, start + cnt)
             if len(self._mask_cache) > 4096:
                 self._mask_cache.clear()
             self._mask_cache[key] = m
@@ -80,7 +87,10 @@ class ModelRunner:
         span = max(decode_slots) + 1 if decode_slots else 0
         dense = decode_slots == list(range(nd))
         dlen = max(decode_lens) if decode_lens else 0
-        if nd:
+        if nd and self.model.math_attention:  # one row per decode, in batch order
+            lens = torch.tensor(decode_lens)
+            decode_mask = _additive((torch.arange(dlen)[None, :] < lens[:, None]).view(nd, 1, 1, dlen))
+        elif nd:  # one row per slot of the span
             lens = torch.ones(span, dtype=torch.long)
             lens[torch.tensor(decode_slots)] = torch.tensor(decode_lens)
             decode_mask = (torch.arange(dlen)[None, :] < lens[:, None]).view(span, 1, 1, dlen)
