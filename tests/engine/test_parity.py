@@ -88,7 +88,9 @@ def test_int8_decode_weights_stay_close(
 def test_bf16_math_attention_matches_sdpa(smollm2_dir: Path, chat_prompts: list[list[int]]) -> None:
     """The bf16 GEMM attention (chunked prefill with earlier context, decodes over non-adjacent
     slots) computes what SDPA computes: next-token distributions agree step by step."""
-    cfg = EngineConfig(dtype="bfloat16", max_model_len=256, max_num_seqs=4, max_num_batched_tokens=16)
+    cfg = EngineConfig(
+        dtype="bfloat16", max_model_len=256, max_num_seqs=4, max_num_batched_tokens=16, prefix_caching=False
+    )
     engines = [LLMEngine.from_model_dir(smollm2_dir, cfg) for _ in range(2)]
     engines[1].model.math_attention = False
     assert engines[0].model.math_attention
@@ -121,3 +123,20 @@ def test_bf16_math_attention_matches_sdpa(smollm2_dir: Path, chat_prompts: list[
         kl = torch.sum(pa.exp() * (pa - pb), -1)
         assert torch.isfinite(a).all() and torch.isfinite(b).all()
         assert float(kl.max()) < 0.02
+
+
+@pytest.mark.slow
+def test_prefix_cache_hits_keep_greedy_output_exact(
+    smollm2_dir: Path, hf_model: Any, chat_prompts: list[list[int]]
+) -> None:
+    """Prompts that share the chat template's system prompt start from another slot's keys and
+    values (in place, and copied from a running slot) and still match ``generate`` exactly."""
+    engine = fp32_engine(smollm2_dir)
+    eos = engine.model.cfg.eos_token_ids[0]
+    params = SamplingParams(max_tokens=NEW, temperature=0.0)
+    first = generate_offline(engine, chat_prompts[:1], params)
+    rest = generate_offline(engine, chat_prompts[1:], params)
+    hits = engine.stats().prefix_cache_hit_tokens_total
+    assert hits >= 3 * 16, hits
+    for prompt, got in zip(chat_prompts, first + rest, strict=True):
+        assert got == hf_greedy(hf_model, prompt, eos)

@@ -157,3 +157,69 @@ def test_lowest_free_slot_keeps_slots_packed() -> None:
     s.add(seq("e", 2))
     s.schedule()
     assert s.get("e").slot == 1  # type: ignore[union-attr]
+
+
+def run_to_end(s: Scheduler) -> list[SchedulerOutput]:
+    outs = []
+    while s.has_work:
+        out = s.schedule()
+        outs.append(out)
+        s.update_from_output(out, fake_run(out))
+    return outs
+
+
+def prompt_seq(rid: str, tokens: list[int], lora: object = None) -> Sequence:
+    p = SamplingParams(max_tokens=2, temperature=0.0)
+    return Sequence(rid, len(tokens), p, list(tokens), lora=lora, eos_token_ids=frozenset({EOS}))
+
+
+SHARED = list(range(100, 140))  # a 40-token "system prompt"
+
+
+def test_prefix_cache_reuses_a_finished_slot_in_place() -> None:
+    s = make(slots=2, budget=64)
+    s.add(prompt_seq("a", [*SHARED, 1, 2, 3]))
+    run_to_end(s)
+    s.add(prompt_seq("b", [*SHARED, 4, 5]))
+    out = s.schedule()
+    (p,) = out.prefills
+    assert p.seq.slot == 0 and p.start == 40 and p.num_tokens == 2  # the slot already holds SHARED
+    assert out.copies == []
+    assert s.prefix is not None and s.prefix.hit_tokens_total == 40
+
+
+def test_prefix_cache_copies_from_a_running_slot_and_always_computes_the_last_token() -> None:
+    s = make(slots=3, budget=64)
+    s.add(prompt_seq("a", [*SHARED, 1, 2, 3]))
+    s.update_from_output(out := s.schedule(), fake_run(out))  # a prefilled, now decoding in slot 0
+    s.add(prompt_seq("b", [*SHARED, 1, 2, 3]))  # the identical prompt
+    out = s.schedule()
+    (p,) = out.prefills
+    assert out.copies == [(0, 1, 42)] and p.start == 42 and p.num_tokens == 1 and p.sample
+
+
+def test_prefix_cache_needs_the_same_adapter_and_can_be_off() -> None:
+    s = make(slots=3, budget=64)
+    s.add(prompt_seq("a", [*SHARED, 1], lora="adapter-x"))
+    s.update_from_output(out := s.schedule(), fake_run(out))
+    s.add(prompt_seq("b", [*SHARED, 2]))  # base model: a's keys/values do not apply
+    out = s.schedule()
+    assert out.copies == [] and out.prefills[0].start == 0
+    off = Scheduler(
+        num_slots=2, max_model_len=64, max_num_batched_tokens=64, max_waiting=4, prefix_caching=False
+    )
+    off.add(prompt_seq("a", [*SHARED, 1]))
+    run_to_end(off)
+    off.add(prompt_seq("b", [*SHARED, 2]))
+    assert off.schedule().prefills[0].start == 0
+
+
+def test_prefix_cache_forgets_a_slot_when_it_is_reused() -> None:
+    s = make(slots=1, budget=64)
+    s.add(prompt_seq("a", [*SHARED, 1]))
+    run_to_end(s)
+    other = list(range(300, 340))
+    s.add(prompt_seq("b", [*other, 1]))
+    run_to_end(s)  # slot 0 now holds `other`
+    s.add(prompt_seq("c", [*SHARED, 2]))
+    assert s.schedule().prefills[0].start == 0

@@ -42,6 +42,9 @@ class EngineConfig(BaseModel):
     max_num_batched_tokens: int = Field(default=256, ge=16)
     """Token budget of one step (decodes + prefill chunks): a long prompt is prefilled in chunks
     so running streams keep getting tokens between them."""
+    prefix_caching: bool = True
+    """Start a prompt from the longest prefix another slot already computed (same adapter): the
+    chat template's system prompt and shared instructions are copied, not recomputed."""
     max_loras: int = Field(default=8, ge=0)
     """Adapters that may be loaded at once."""
     max_lora_rank: int = Field(default=64, ge=1)

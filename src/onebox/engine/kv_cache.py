@@ -33,9 +33,14 @@ class SlotAllocator:
     def num_used(self) -> int:
         return self.num_slots - len(self._free)
 
-    def allocate(self) -> int:
+    def allocate(self, prefer: int | None = None) -> int:
+        """The lowest free slot, or ``prefer`` when it is free (it already holds a wanted prefix)."""
         if not self._free:
             raise RuntimeError("no free KV slot (the scheduler must check num_free first)")
+        if prefer is not None and prefer in self._free:
+            self._free.remove(prefer)
+            heapq.heapify(self._free)
+            return prefer
         return heapq.heappop(self._free)
 
     def free(self, slot: int) -> None:

@@ -76,6 +76,7 @@ class LLMEngine:
             max_model_len=max_len,
             max_num_batched_tokens=config.max_num_batched_tokens,
             max_waiting=config.max_waiting,
+            prefix_caching=config.prefix_caching,
         )
         self.runner = ModelRunner(model, self.kv, self.loras)
         self.eos_token_ids = frozenset(cfg.eos_token_ids)
@@ -185,6 +186,7 @@ class LLMEngine:
             prompt_tokens_total=s.prompt_tokens_total,
             generation_tokens_total=s.generation_tokens_total,
             steps_total=s.steps_total,
+            prefix_cache_hit_tokens_total=s.prefix.hit_tokens_total if s.prefix is not None else 0,
             adapters=self.loras.names(),
         )
 

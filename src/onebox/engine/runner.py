@@ -135,6 +135,10 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> dict[str, SampledToken]:
         if out.is_empty:
             return {}
+        for src, dst, n in out.copies:
+            for layer in range(len(self.kv.k)):
+                self.kv.k[layer][dst, :, :n] = self.kv.k[layer][src, :, :n]
+                self.kv.v[layer][dst, :, :n] = self.kv.v[layer][src, :, :n]
         input_ids, batch, sample_idx = self.build_batch(out)
         hidden = self.model.forward(input_ids, batch, self.kv, sample_idx, self._step_lora(out))
         sampling = [s for s in out.scheduled if s.sample]

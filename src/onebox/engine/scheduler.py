@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onebox.engine.kv_cache import SlotAllocator
+from onebox.engine.prefix_cache import PrefixCache
 from onebox.engine.types import RequestOutput, SamplingParams, TokenLogprob
 from onebox.errors import ErrorList, InvalidInputError, OverloadedError
 
@@ -92,6 +93,9 @@ class SchedulerOutput:
 
     decodes: list[ScheduledSeq] = field(default_factory=list)
     prefills: list[ScheduledSeq] = field(default_factory=list)
+    copies: list[tuple[int, int, int]] = field(default_factory=list)
+    """Prefix-cache hits: copy positions ``0..n-1`` of slot ``src`` into slot ``dst`` as
+    ``(src, dst, n)``, in order, before the step's forward pass."""
 
     @property
     def scheduled(self) -> list[ScheduledSeq]:
@@ -124,8 +128,10 @@ class Scheduler:
         max_model_len: int,
         max_num_batched_tokens: int,
         max_waiting: int,
+        prefix_caching: bool = True,
     ) -> None:
         self.slots = SlotAllocator(num_slots)
+        self.prefix = PrefixCache(num_slots) if prefix_caching else None
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_waiting = max_waiting
@@ -220,12 +226,28 @@ class Scheduler:
             budget -= self._schedule_chunk(out, seq, budget)
         while self.waiting and budget > 0 and self.slots.num_free > 0:
             seq = self.waiting.popleft()
-            seq.slot = self.slots.allocate()
+            self._admit(out, seq)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
             budget -= self._schedule_chunk(out, seq, budget)
         out.decodes.sort(key=lambda s: s.seq.slot or 0)
         return out
+
+    def _admit(self, out: SchedulerOutput, seq: Sequence) -> None:
+        """Give ``seq`` a slot, starting it from the longest cached prefix of its prompt (at least
+        its last prompt token is always computed: its logits give the first output token)."""
+        if self.prefix is None:
+            seq.slot = self.slots.allocate()
+            return
+        src, n = self.prefix.match(seq.token_ids, seq.lora, seq.prompt_len - 1)
+        seq.slot = self.slots.allocate(prefer=src)
+        if n:
+            if src != seq.slot:
+                out.copies.append((src, seq.slot, n))  # type: ignore[arg-type]
+            seq.num_computed = n
+            self.prefix.hit_tokens_total += n
+            self.prompt_tokens_total += n
+        self.prefix.assign(seq.slot, seq.token_ids, n, seq.lora)
 
     @staticmethod
     def _schedule_chunk(out: SchedulerOutput, seq: Sequence, budget: int) -> int:
@@ -245,6 +267,8 @@ class Scheduler:
             if seq.status is SeqStatus.FINISHED:  # aborted while the step ran
                 continue
             seq.num_computed += item.num_tokens
+            if self.prefix is not None and seq.slot is not None:
+                self.prefix.advance(seq.slot, seq.num_computed)
             if item.start < seq.prompt_len:
                 self.prompt_tokens_total += min(item.num_tokens, seq.prompt_len - item.start)
             if not item.sample:

@@ -122,6 +122,8 @@ class EngineStats:
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
     steps_total: int = 0
+    prefix_cache_hit_tokens_total: int = 0
+    """Prompt tokens served from the prefix cache (counted in ``prompt_tokens_total`` too)."""
     adapters: list[str] = field(default_factory=list)
 
     @property
