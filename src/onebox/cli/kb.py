@@ -264,6 +264,79 @@ def ask(
         console.print(f"  [{s['number']}] {_where(s)}  score {s['score']:.4f}{mark}", highlight=False)
 
 
+@app.command("to-dataset")
+def to_dataset(
+    name: KbArg,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset to add a version to (default <kb>-qa).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Chat model that writes the questions (default: the KB's).")
+    ] = None,
+    per_chunk: Annotated[int, typer.Option("--per-chunk", help="Questions per chunk (1-5).")] = 1,
+    max_chunks: Annotated[
+        int | None,
+        typer.Option("--max-chunks", help="Ask about at most this many chunks (spread over documents)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for review.md, review.jsonl and retrieval_eval.jsonl."),
+    ] = None,
+    url: Annotated[
+        str, typer.Option(help="Gateway address, used when a deployment serves the model.")
+    ] = "http://127.0.0.1:8000",
+    local: Annotated[
+        bool, typer.Option("--local", help="Load the model in this process even if it is deployed.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate question/answer pairs from the KB's chunks with a model, filter them, and register the
+    kept ones as a chat dataset version (lineage: this KB), with a review report and a retrieval
+    evaluation set (question -> gold chunk). Exit code 4 when no pair passes the filter."""
+    from onebox.cli.output import progress_bar
+    from onebox.rag.to_dataset import QAOptions, verdict
+
+    a = get_app()
+    chosen = model or kbs.chat_model(a, name)
+    generate, via = None, "local"
+    if not local and kbs.served_by_gateway(a, chosen):
+        generate, via = kbs.http_generator(url, chosen, max_tokens=QAOptions.max_new_tokens), "gateway"
+    elif not json_out:
+        err_console.print(f"[dim]loading {chosen} in this process (no deployment serves it)…[/]")
+    with progress_bar(enabled=not json_out) as progress:
+        res = kbs.to_dataset(
+            a, name, dataset=dataset, generate=generate, model=chosen, via=via,
+            questions_per_chunk=per_chunk, max_chunks=max_chunks, out_dir=out, progress=progress,
+        )  # fmt: skip
+    if json_out:
+        print_json(res)
+        return
+    s, ds = res["summary"], res["dataset"]
+    verb = "registered" if res["created"] else "already registered (same content)"
+    console.print(
+        f"[green]{verb}[/] {ds['ref']}: {ds['num_train']} train, {ds['num_validation']} validation "
+        f"({ds['schema']}), from knowledge base {res['kb']} with {res['lineage']['model']} via {via}",
+        highlight=False,
+    )
+    reasons = ", ".join(f"{r} {n}" for r, n in s["rejected_by_reason"].items()) or "none"
+    console.print(
+        f"kept {s['kept']} of {s['generations']} generations ({100 * s['keep_rate']:.0f}%) from "
+        f"{s['passages']} chunks in {s['seconds']:.0f} s; rejected: {reasons}",
+        highlight=False,
+    )
+    r = res["retrieval"]
+    if r.get("questions"):
+        console.print(
+            f"retrieval eval set: {r['questions']} questions; hybrid search finds the gold chunk first "
+            f"for {100 * r['hit@1']:.0f}%, in the top 5 for {100 * r['hit@5']:.0f}%",
+            highlight=False,
+        )
+    for q in res["kept"][:5]:
+        console.print(f"  Q: {q['question']}\n  A: {q['answer']}  [dim]({q['source']})[/]", highlight=False)
+    console.print(verdict(s), highlight=False)
+    console.print(f"review: {res['files']['review.md']}", highlight=False)
+
+
 @app.command()
 def remove(
     name: KbArg,

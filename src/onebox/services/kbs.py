@@ -861,3 +861,177 @@ def _load_local(app: App, model: str) -> tuple[Any, Any, str | None, threading.L
     engine = LLMEngine.from_model_dir(model_dir, EngineConfig(max_model_len=2048, max_num_seqs=1))
     template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
     return engine, tokenizer, template, threading.Lock()
+
+
+# -- knowledge base -> dataset ----------------------------------------------------------------------
+
+
+def _passages(h: _Handle, max_chunks: int | None) -> list[Any]:
+    """Every chunk as a :class:`Passage`; with ``max_chunks``, taken round-robin across documents
+    (sorted by source) so a bounded run still samples every document."""
+    from onebox.rag.to_dataset import Passage
+
+    docs = sorted(h.index.documents(), key=lambda d: d.source)
+    per_doc = [[f"{d.doc_id}:{i}" for i in range(d.n_chunks)] for d in docs]
+    order: list[str] = []
+    for i in range(max((len(ids) for ids in per_doc), default=0)):
+        order.extend(ids[i] for ids in per_doc if i < len(ids))
+    if max_chunks is not None:
+        order = order[:max_chunks]
+    by_id = {c.chunk_id: c for c in h.index.get_chunks(order)} if order else {}
+    by_doc = {d.doc_id: d for d in docs}
+    out = []
+    for cid in order:
+        c = by_id.get(cid)
+        if c is not None:
+            d = by_doc[c.doc_id]
+            out.append(Passage(c.chunk_id, c.doc_id, d.source, d.title, c.locator(), c.text))
+    return out
+
+
+def _eval_retrieval(h: _Handle, rows: Sequence[dict[str, Any]], k: int = 5) -> dict[str, Any]:
+    """hit@1 and hit@k of the generated questions against their gold chunks (hybrid search)."""
+    from onebox.rag.retrieval import Retriever
+
+    if not rows:
+        return {"questions": 0}
+    r = Retriever(h.index, h.embedder)
+    ranks = []
+    for row in rows:
+        ids = [hit.chunk.chunk_id for hit in r.search(row["question"], k, "hybrid", None)]
+        ranks.append(ids.index(row["gold_chunk_id"]) + 1 if row["gold_chunk_id"] in ids else None)
+    n = len(ranks)
+    return {
+        "questions": n,
+        "hit@1": round(sum(1 for x in ranks if x == 1) / n, 3),
+        f"hit@{k}": round(sum(1 for x in ranks if x is not None) / n, 3),
+        "mrr": round(sum(1 / x for x in ranks if x) / n, 3),
+    }
+
+
+def to_dataset(
+    app: App,
+    name: str,
+    *,
+    dataset: str | None = None,
+    generate: Generate | None = None,
+    model: str | None = None,
+    via: str = "local",
+    questions_per_chunk: int = 1,
+    max_chunks: int | None = None,
+    out_dir: Path | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> dict[str, Any]:
+    """Generate question/answer pairs from the KB's chunks, filter them, and register the kept ones
+    as a new version of ``dataset`` (default ``<kb>-qa``), with the KB as its lineage.
+
+    Next to it (``out_dir``, default ``<home>/kbs/<id>/to_dataset/<dataset>-v<n>``, and as blobs
+    the version references) go ``review.md``/``review.jsonl`` (every generation, kept or rejected
+    with reasons) and ``retrieval_eval.jsonl`` (question -> gold chunk id). ``generate`` defaults to
+    ``model`` (or the KB's chat model) loaded in this process. When no generation passes the filter
+    nothing is registered and the error names the review report."""
+    import json
+    import tempfile
+
+    from onebox.rag.to_dataset import QAOptions, generate_qa, write_outputs
+    from onebox.services import datasets
+    from onebox.store.refs import add_refs
+    from onebox.store.tables import DatasetVersion
+
+    errs = ErrorList()
+    if max_chunks is not None and max_chunks < 1:
+        errs.add("max_chunks", f"is {max_chunks}; must be at least 1")
+    if dataset is not None:
+        try:
+            validate_name(dataset, "dataset")
+        except InvalidInputError as exc:
+            errs.problems.extend(exc.problems)
+    try:
+        opts = QAOptions(questions_per_chunk=questions_per_chunk)
+    except ConfigError as exc:
+        errs.problems.extend(exc.problems)
+    errs.raise_if_any("invalid to-dataset request", InvalidInputError)
+    h = _handle(app, name)
+    ds_name = dataset or f"{h.name}-qa"
+    model = model or chat_model(app, name)
+    passages = _passages(h, max_chunks)
+    if not passages:
+        raise InvalidInputError(
+            f"knowledge base {h.name!r} has no chunks", problems=[Problem("kb", "add documents first")]
+        )
+    gen = generate or local_generator(app, model, max_tokens=opts.max_new_tokens)
+    result = generate_qa(passages, gen, opts, progress=progress or (lambda *_: None))
+    summary = result.summary()
+    lineage = {
+        "kb": h.name,
+        "kb_id": h.id,
+        "embedding": h.config.get("embedding"),
+        "model": model,
+        "via": via,
+        "max_chunks": max_chunks,
+        "questions_per_chunk": questions_per_chunk,
+    }
+    header = {"knowledge base": f"{h.name} ({h.id})", "model": f"{model} (via {via})"}
+    staging = Path(tempfile.mkdtemp(dir=app.staging_dir, prefix="kbqa-"))
+    try:
+        files = write_outputs(result, staging, f"Questions generated from knowledge base {h.name}", header)
+        if not result.kept:
+            dest = Path(out_dir or kb_dir(app.settings, h.id) / "to_dataset" / f"{ds_name}-rejected")
+            dest.mkdir(parents=True, exist_ok=True)
+            for n, f in files.items():
+                shutil.copy2(f, dest / n)
+            raise InvalidInputError(
+                f"none of the {summary['generations']} generations passed the filter "
+                f"({', '.join(f'{r} {n}' for r, n in summary['rejected_by_reason'].items())}); "
+                f"nothing was registered. Read {dest / 'review.md'}",
+                problems=[Problem("model", f"{model} wrote no usable question", "try a larger model")],
+            )
+        dv, created = datasets.import_file(
+            app, files["qa.jsonl"], ds_name, description=f"questions generated from knowledge base {h.name}"
+        )
+        retrieval = _eval_retrieval(h, result.eval_rows())
+        infos = {
+            n: app.blobs.put_file(files[n]) for n in ("review.md", "review.jsonl", "retrieval_eval.jsonl")
+        }
+        with app.db.session() as s:
+            row = s.get_one(DatasetVersion, dv.id)
+            ref = f"{datasets.get_dataset_name(s, row)}:{row.version}"
+            row.report = {
+                **(row.report or {}),
+                "from_kb": {
+                    **lineage,
+                    "summary": summary,
+                    "retrieval": retrieval,
+                    "files": {n: {"digest": b.digest, "size": b.size} for n, b in infos.items()},
+                },
+            }
+            add_refs(s, datasets.OWNER, row.id, infos.values())
+            events.record(
+                s, project_id=row.project_id, resource_type=datasets.OWNER, resource_id=row.id,
+                kind="dataset.generated_from_kb", message=f"{ref}: {len(result.kept)} pairs from {h.name}",
+                kb_id=h.id, model=model,
+            )  # fmt: skip
+            kb = s.get(KnowledgeBase, h.id)
+            if kb is not None:
+                _event(s, kb, "kb.to_dataset", f"{ref}: kept {summary['kept']} of {summary['generations']}")
+            info = datasets.version_dict(s, row)
+        dest = Path(out_dir or kb_dir(app.settings, h.id) / "to_dataset" / ref.replace(":", "-v"))
+        dest.mkdir(parents=True, exist_ok=True)
+        for n, f in files.items():
+            shutil.copy2(f, dest / n)
+        (dest / "summary.json").write_text(
+            json.dumps({"dataset": info, "lineage": lineage, "summary": summary, "retrieval": retrieval},
+                       ensure_ascii=False, indent=2), encoding="utf-8",
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {
+        "kb": h.name,
+        "dataset": info,
+        "created": created,
+        "lineage": lineage,
+        "summary": summary,
+        "retrieval": retrieval,
+        "files": {n: str(dest / n) for n in (*files, "summary.json")},
+        "kept": [{"question": g.question, "answer": g.answer, "source": g.source} for g in result.kept],
+    }
