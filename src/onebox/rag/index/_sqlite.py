@@ -1,7 +1,9 @@
 """The SQLite file of an embedded index: schema, connections, and the filter clause.
 
 One file is the whole truth of a knowledge base (documents, chunks, float32 vectors, FTS5 terms),
-so an upsert or delete is one SQLite transaction and a crash leaves the previous state. Every
+so an upsert or delete is one SQLite transaction and a crash leaves the previous state; the
+lexical statistics (``term_df`` and the ``lex_*`` totals in ``meta``, see ``_lexical``) are written
+in that same transaction. Every
 write bumps ``generation`` and logs removed chunk ids in ``removed``: that is how an in-memory or
 on-disk ANN graph, which is only a cache, learns what it has missed.
 """
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from onebox.errors import IndexCorruptedError, StoreError
+from onebox.rag.index import _lexical
 from onebox.rag.index._records import epoch
 from onebox.rag.types import SearchFilter
 
@@ -51,6 +54,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_no);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0');
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab(chunks_fts, row);
+CREATE TABLE IF NOT EXISTS term_df (term TEXT PRIMARY KEY, df INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_gen ON removed(gen);
 """
@@ -82,6 +87,8 @@ def init_schema(conn: sqlite3.Connection, dim: int, path: Path) -> None:
                 "INSERT INTO meta(key, value) VALUES (?, ?)",
                 [("schema", str(SCHEMA_VERSION)), ("dim", str(dim)), ("generation", "0"), ("floor", "0")],
             )
+        if "lex_tokens" not in got:  # new, or written before term_df existed: count once
+            _lexical.backfill(conn)
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         _rollback(conn)

@@ -23,7 +23,7 @@ import numpy as np
 
 from onebox.errors import ConflictError
 from onebox.rag import lexical
-from onebox.rag.index import _ann, _records
+from onebox.rag.index import _ann, _lexical, _records
 from onebox.rag.index import _sqlite as sq
 from onebox.rag.index._ann import AnnGraph, Progress
 from onebox.rag.index._vectors import VectorTable
@@ -56,6 +56,7 @@ class EmbeddedIndex:
         analyzer: Callable[[str], list[str]] = lexical.terms,
         ann_threshold: int = ANN_THRESHOLD,
         exact_filter_limit: int = EXACT_FILTER_LIMIT,
+        postings_budget: int = _lexical.POSTINGS_BUDGET,
         progress: Progress | None = None,
     ) -> None:
         self.path = Path(path)
@@ -65,6 +66,8 @@ class EmbeddedIndex:
         self._analyzer = analyzer
         self._ann_threshold = ann_threshold
         self._exact_limit = exact_filter_limit
+        self.postings_budget = postings_budget
+        """Postings FTS5 may rank per lexical query (0 = no limit: exhaustive BM25, slow at 1M)."""
         self._progress = progress
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
@@ -136,6 +139,7 @@ class EmbeddedIndex:
             for c, v, t in zip(chunks, vec, terms, strict=True):
                 cid = conn.execute(sql, (*_records.chunk_row(c), doc_no, v.tobytes())).lastrowid
                 conn.execute("INSERT INTO chunks_fts(rowid, terms) VALUES (?, ?)", (cid, t))
+            _lexical.apply_counts(conn, *_lexical.count_terms(terms), sign=1)
             sq.set_meta(conn, "generation", gen)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -176,6 +180,10 @@ class EmbeddedIndex:
     @staticmethod
     def _drop_chunks(conn: sqlite3.Connection, doc_no: int, gen: int) -> None:
         conn.execute("INSERT INTO removed(id, gen) SELECT id, ? FROM chunks WHERE doc_no = ?", (gen, doc_no))
+        old = conn.execute(
+            "SELECT terms FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE doc_no = ?)", (doc_no,)
+        )
+        _lexical.apply_counts(conn, *_lexical.count_terms(r[0] for r in old), sign=-1)
         conn.execute(
             "DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE doc_no = ?)", (doc_no,)
         )
@@ -338,23 +346,41 @@ class EmbeddedIndex:
         return [found[i] for i in chunk_ids if i in found]
 
     def lexical_search(self, query: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """BM25 over FTS5; a query whose postings exceed ``postings_budget`` is answered from the
+        candidates of its rarer terms, re-scored with all of them (see ``_lexical``)."""
         k = _records.check_k(k)
         words = list(dict.fromkeys(self._analyzer(query)))
         if not words or k == 0:
             return []
-        match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN")  # one snapshot for the statistics, the match and the re-scoring
+            df, chosen = _lexical.plan(conn, words, self.postings_budget)
+            pruned = len(chosen) < len(df)
+            limit = max(4 * k, _lexical.MIN_POOL) if pruned else k
+            rows = self._match(conn, _lexical.match_expr(chosen), limit, flt) if chosen else []
+            if pruned:
+                ids, scores = _lexical.rescore(conn, [r[0] for r in rows], df, k)
+            else:
+                ids, scores = [r[0] for r in rows], [-float(r[1]) for r in rows]
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            sq._rollback(conn)
+            raise sq.wrap(exc, self._db, "lexical search") from exc
+        return self._hits(ids, scores, "lexical")
+
+    @staticmethod
+    def _match(conn: sqlite3.Connection, match: str, limit: int, flt: SearchFilter | None) -> list[Any]:
         if _records.filter_is_empty(flt):
             sql = "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"
-            rows = self._read("lexical search", sql, (match, k))
-        else:
-            where, args = sq.doc_filter(flt)
-            sql = (
-                "SELECT f.rowid, bm25(chunks_fts) AS s FROM chunks_fts f JOIN chunks c ON c.id = f.rowid "
-                "JOIN documents d ON d.doc_no = c.doc_no "
-                f"WHERE chunks_fts MATCH ? AND {where} ORDER BY s LIMIT ?"
-            )
-            rows = self._read("lexical search", sql, (match, *args, k))
-        return self._hits([r[0] for r in rows], [-float(r[1]) for r in rows], "lexical")
+            return conn.execute(sql, (match, limit)).fetchall()
+        where, args = sq.doc_filter(flt)
+        sql = (
+            "SELECT f.rowid, bm25(chunks_fts) AS s FROM chunks_fts f JOIN chunks c ON c.id = f.rowid "
+            "JOIN documents d ON d.doc_no = c.doc_no "
+            f"WHERE chunks_fts MATCH ? AND {where} ORDER BY s LIMIT ?"
+        )
+        return conn.execute(sql, (match, *args, limit)).fetchall()
 
     def dense_search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         q = _records.check_query_vector(vector, self.dim)
