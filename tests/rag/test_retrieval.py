@@ -258,3 +258,12 @@ def test_on_the_real_embedded_index(tmp_path: Path) -> None:
         assert retriever.search("VPN 密码", k=1, mode="lexical")[0].chunk.chunk_id == "d2:1"
     finally:
         index.close()
+
+
+def test_dense_weight_follows_the_share_of_non_chinese_letters() -> None:
+    from onebox.rag.retrieval import non_han_share
+
+    assert non_han_share("How long must the reset button be held?") == 1.0
+    assert non_han_share("固件 3.2.1 版本是哪天发布的？") == 0.0  # digits belong to neither script
+    assert 0.0 < non_han_share("VX-900 营养液传感器售价多少？") < 0.5
+    assert non_han_share("3.2.1") == 1.0

@@ -4,11 +4,17 @@ Why both: the built-in encoder is English-only, so Chinese recall and exact term
 names) come from the lexical side, while paraphrases come from the dense side. RRF fuses ranks, not
 raw scores, so BM25 and cosine never need to share a scale. Filters go down to the index so it
 applies them before its own top-k (k hits still come back when a filter is selective).
+
+The dense list is weighted by how much of the query the encoder can read (:func:`non_han_share`
+by default): with an English-only encoder a Chinese query's nearest vectors are noise, and at
+equal weight they pushed lexical rank-1 answers down to rank 6-7 on the demo set
+(benchmarks/rag.py). A retriever over a multilingual encoder passes ``dense_weight=None``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -21,6 +27,17 @@ Mode = Literal["hybrid", "lexical", "dense"]
 MODES: tuple[Mode, ...] = ("hybrid", "lexical", "dense")
 RRF_K = 60
 """The constant of Cormack et al. (2009): damps the weight of the very first ranks."""
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def non_han_share(query: str) -> float:
+    """Share of the query's letters that are not Chinese characters (1.0 when it has none; digits
+    count for neither script): how much of it an English-only encoder such as MiniLM can read."""
+    chars = _LETTER.findall(query)
+    if not chars:
+        return 1.0
+    return 1.0 - sum(1 for ch in chars if _HAN.match(ch)) / len(chars)
 
 
 class QueryEncoder(Protocol):
@@ -63,8 +80,11 @@ class SearchRequest:
         return self.candidates if self.candidates is not None else max(4 * self.k, 20)
 
 
-def reciprocal_rank_fusion(lists: Mapping[str, Sequence[Hit]], rrf_k: int = RRF_K) -> list[Hit]:
-    """One ranking from several: ``score = Σ 1 / (rrf_k + rank)`` over the lists a chunk is in.
+def reciprocal_rank_fusion(
+    lists: Mapping[str, Sequence[Hit]], rrf_k: int = RRF_K, weights: Mapping[str, float] | None = None
+) -> list[Hit]:
+    """One ranking from several: ``score = Σ w / (rrf_k + rank)`` over the lists a chunk is in
+    (``w`` from ``weights`` by list name, default 1).
 
     Each fused hit keeps every retriever's own score in ``Hit.scores`` (``lexical``, ``dense``)
     and the fused one under ``rrf``. Ties go to the better single rank, then the chunk id, so the
@@ -79,7 +99,8 @@ def reciprocal_rank_fusion(lists: Mapping[str, Sequence[Hit]], rrf_k: int = RRF_
             cid = hit.chunk.chunk_id
             if name in scores.get(cid, {}):
                 continue  # a retriever listing a chunk twice counts once
-            fused[cid] = fused.get(cid, 0.0) + 1.0 / (rrf_k + rank)
+            w = 1.0 if weights is None else weights.get(name, 1.0)
+            fused[cid] = fused.get(cid, 0.0) + w / (rrf_k + rank)
             scores.setdefault(cid, {})[name] = float(hit.score)
             best_rank[cid] = min(best_rank.get(cid, rank), rank)
             first.setdefault(cid, hit)
@@ -107,6 +128,7 @@ class Retriever:
         reranker: HitReranker | None = None,
         *,
         rrf_k: int = RRF_K,
+        dense_weight: Callable[[str], float] | None = non_han_share,
     ) -> None:
         if rrf_k < 1:
             raise InvalidInputError("invalid retriever", problems=[Problem("rrf_k", "must be at least 1")])
@@ -114,6 +136,8 @@ class Retriever:
         self.embedder = embedder
         self.reranker = reranker
         self.rrf_k = rrf_k
+        self.dense_weight = dense_weight
+        """Weight of the dense list in fusion for a query (None: equal weights, plain RRF)."""
 
     def search(
         self,
@@ -137,7 +161,8 @@ class Retriever:
             vector = np.asarray(self.embedder.embed([req.query])[0], dtype=np.float32)
             lists["dense"] = self.index.dense_search(vector, req.pool, flt)
         if req.mode == "hybrid":
-            ranked = reciprocal_rank_fusion(lists, self.rrf_k)
+            w = 1.0 if self.dense_weight is None else self.dense_weight(req.query)
+            ranked = reciprocal_rank_fusion(lists, self.rrf_k, {"dense": w})
         else:
             ranked = _relabel(lists[req.mode], req.mode)
         if self.reranker is None:
