@@ -175,3 +175,13 @@ def test_options_are_validated() -> None:
     with pytest.raises(ConfigError) as exc:
         QAOptions(questions_per_chunk=0, min_answer_grounding=2)
     assert {p.field for p in exc.value.problems} == {"questions_per_chunk", "min_answer_grounding"}
+
+
+def test_an_answer_restating_its_question_is_judged_on_what_it_adds() -> None:
+    q = "Question: How fast do dead-on-arrival devices ship?\n"
+    made_up = (
+        q + "Answer: Dead-on-arrival devices ship fast because a specialised courier drives them overnight"
+    )
+    assert generate_qa([EN], lambda _m: made_up).generations[0].reasons == ("not_grounded",)
+    echo = q + "Answer: dead-on-arrival devices ship within 48 hours"
+    assert generate_qa([EN], lambda _m: echo).kept

@@ -11,7 +11,8 @@ before training on the result. The filter is deliberately lexical and explainabl
 - ``wrong_language``: a Chinese passage got a question without Chinese, or the reverse;
 - ``answer_repeats_question``: the answer only restates the question;
 - ``off_topic``: few of the question's content terms occur in the passage;
-- ``not_grounded``: few of the answer's content terms occur in the passage (the model made it up);
+- ``not_grounded``: few of the answer's own content terms (those not already in the question) occur
+  in the passage (the model made it up);
 - ``duplicate``: the same question (ignoring case, spaces and punctuation) was already kept.
 
 The model is injected as ``generate(messages) -> text``, as in :mod:`onebox.rag.answer`, so this
@@ -213,9 +214,13 @@ def parse_pair(text: str) -> tuple[str, str] | None:
     return q, a.strip().strip("*").strip()
 
 
-def _coverage(text: str, passage: str) -> float | None:
-    """Share of ``text``'s content terms found in ``passage`` (None when it has none)."""
+def _coverage(text: str, passage: str, ignore: str = "") -> float | None:
+    """Share of ``text``'s content terms found in ``passage`` (None when it has none). Terms also in
+    ``ignore`` are left out when others remain: an answer that restates its question and adds made-up
+    facts is judged on the facts it adds."""
     terms = query_terms(text)
+    own = terms - query_terms(ignore) if ignore else terms
+    terms = own or terms
     if not terms:
         return None
     low = passage.lower()
@@ -242,7 +247,7 @@ def check(
     if question_key(answer) and question_key(answer) in question_key(question):
         reasons.append("answer_repeats_question")
     text = f"{passage.title}\n{passage.text}"
-    q_cov, a_cov = _coverage(question, text), _coverage(answer, text)
+    q_cov, a_cov = _coverage(question, text), _coverage(answer, text, ignore=question)
     if q_cov is not None and q_cov < opts.min_question_overlap:
         reasons.append("off_topic")
     if a_cov is None or a_cov < opts.min_answer_grounding:
