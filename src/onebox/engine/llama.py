@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from onebox.engine.attention import DecodeKernel
 from onebox.engine.kv_cache import KVCache
 from onebox.errors import ModelLoadError
 
@@ -173,7 +174,7 @@ class AttnBatch:
     decode_dense: bool  # decode_slots == arange(Bd): no scatter needed
     decode_span: int  # max decode slot + 1
     decode_len: int  # longest decode context
-    decode_mask: torch.Tensor | None  # [span (sdpa) or Bd (math), 1, 1, decode_len]
+    decode_mask: torch.Tensor | None  # [span, 1, 1, decode_len]: bool (SDPA) or fp32 additive (kernel)
     prefills: list[tuple[int, int, int, int, torch.Tensor]]  # (row, n, slot, start, mask [1|nkv,g*n,start+n])
 
 
@@ -249,7 +250,9 @@ class LlamaModel:
         self.lm_head_q8: Int8Weight | None = None
         self.int8_max_tokens = 0
         self.math_attention = dtype != torch.float32
-        """bf16/fp16 attention as plain GEMMs with additive fp32 masks (see :meth:`_math`)."""
+        """bf16/fp16 prompt attention as plain GEMMs with additive fp32 masks (see :meth:`_math`)."""
+        self.decode_kernel: DecodeKernel | None = None
+        """Fused decode attention (engine/attention.py) taking an additive mask; None = SDPA."""
 
     def quantize_int8(self, max_tokens: int) -> None:
         """Add int8 copies of the projections and the LM head for steps of <= ``max_tokens``."""
@@ -364,8 +367,7 @@ class LlamaModel:
         if nd:
             # One call for all decodes: each kv head's g query heads act as g query rows.
             qd = q[:nd].reshape(nd, nkv, g, hd)
-            decode = self._math_decode if self.math_attention else self._sdpa_decode
-            od = decode(qd, kc, vc, b)
+            od = self._span_decode(qd, kc, vc, b)
             out[:nd] = od.reshape(nd, nh * hd)
         for row, cnt, slot, start, mask in b.prefills:
             qp = q[row : row + cnt].view(cnt, nkv, g, hd).permute(1, 2, 0, 3).reshape(nkv, g * cnt, hd)
@@ -378,7 +380,9 @@ class LlamaModel:
             out[row : row + cnt] = op.view(nkv, g, cnt, hd).permute(2, 0, 1, 3).reshape(cnt, nh * hd)
         return out
 
-    def _sdpa_decode(self, qd: Tensor, kc: Tensor, vc: Tensor, b: AttnBatch) -> Tensor:
+    def _span_decode(self, qd: Tensor, kc: Tensor, vc: Tensor, b: AttnBatch) -> Tensor:
+        """Decode attention over the slot range ``0..span-1`` read in place (holes of free slots get
+        zero queries and are dropped), by the compiled kernel or SDPA."""
         nd = qd.shape[0]
         if not b.decode_dense:
             full = qd.new_zeros(b.decode_span, *qd.shape[1:])
@@ -386,19 +390,11 @@ class LlamaModel:
             qd = full
         kd = kc[: b.decode_span, :, : b.decode_len]
         vd = vc[: b.decode_span, :, : b.decode_len]
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask)
-        return od[b.decode_slots] if not b.decode_dense else od[:nd]
-
-    def _math_decode(self, qd: Tensor, kc: Tensor, vc: Tensor, b: AttnBatch) -> Tensor:
-        # Gathering the live slots makes K/V contiguous: batched GEMMs over the strided cache view
-        # are several times slower than the copy.
-        if b.decode_dense:
-            kd = kc[: qd.shape[0], :, : b.decode_len].contiguous()
-            vd = vc[: qd.shape[0], :, : b.decode_len].contiguous()
+        if self.decode_kernel is not None:
+            od = self.decode_kernel(qd, kd, vd, b.decode_mask)
         else:
-            kd = kc[b.decode_slots, :, : b.decode_len]
-            vd = vc[b.decode_slots, :, : b.decode_len]
-        return self._math(qd, kd, vd, b.decode_mask)
+            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask)
+        return od[b.decode_slots] if not b.decode_dense else od[:nd]
 
     def _math(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Attention as two batched GEMMs with an fp32 softmax and an additive mask.

@@ -87,13 +87,12 @@ class ModelRunner:
         span = max(decode_slots) + 1 if decode_slots else 0
         dense = decode_slots == list(range(nd))
         dlen = max(decode_lens) if decode_lens else 0
-        if nd and self.model.math_attention:  # one row per decode, in batch order
-            lens = torch.tensor(decode_lens)
-            decode_mask = _additive((torch.arange(dlen)[None, :] < lens[:, None]).view(nd, 1, 1, dlen))
-        elif nd:  # one row per slot of the span
+        if nd:  # one row per slot of the span
             lens = torch.ones(span, dtype=torch.long)
             lens[torch.tensor(decode_slots)] = torch.tensor(decode_lens)
             decode_mask = (torch.arange(dlen)[None, :] < lens[:, None]).view(span, 1, 1, dlen)
+            if self.model.decode_kernel is not None:
+                decode_mask = _additive(decode_mask)
         dev = self.model.device
         batch = AttnBatch(
             positions=torch.tensor(positions, dtype=torch.long, device=dev),
