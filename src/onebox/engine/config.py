@@ -49,11 +49,6 @@ class EngineConfig(BaseModel):
     """Adapters that may be loaded at once."""
     max_lora_rank: int = Field(default=64, ge=1)
     """Largest adapter rank accepted."""
-    compile: bool = False
-    """Fuse bf16/fp16 decode attention on CPUs with ``torch.compile`` (engine/attention.py): it
-    streams the cache in place instead of SDPA's tiled kernel. Needs a C++ compiler and compiles
-    for seconds at the first start of a process; where it cannot, the engine keeps SDPA and logs
-    why."""
     threads: int | None = Field(default=None, ge=1)
     """Intra-op CPU threads; None keeps PyTorch's default (one per core)."""
     adapters: dict[str, Path] = Field(default_factory=dict)

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from onebox.engine.attention import DecodeKernel
 from onebox.engine.kv_cache import KVCache
 from onebox.errors import ModelLoadError
 
@@ -174,7 +173,7 @@ class AttnBatch:
     decode_dense: bool  # decode_slots == arange(Bd): no scatter needed
     decode_span: int  # max decode slot + 1
     decode_len: int  # longest decode context
-    decode_mask: torch.Tensor | None  # [span, 1, 1, decode_len]: bool (SDPA) or fp32 additive (kernel)
+    decode_mask: torch.Tensor | None  # [span, 1, 1, decode_len] bool
     prefills: list[tuple[int, int, int, int, torch.Tensor]]  # (row, n, slot, start, mask [1|nkv,g*n,start+n])
 
 
@@ -251,8 +250,6 @@ class LlamaModel:
         self.int8_max_tokens = 0
         self.math_attention = dtype != torch.float32
         """bf16/fp16 prompt attention as plain GEMMs with additive fp32 masks (see :meth:`_math`)."""
-        self.decode_kernel: DecodeKernel | None = None
-        """Fused decode attention (engine/attention.py) taking an additive mask; None = SDPA."""
 
     def quantize_int8(self, max_tokens: int) -> None:
         """Add int8 copies of the projections and the LM head for steps of <= ``max_tokens``."""
@@ -382,7 +379,8 @@ class LlamaModel:
 
     def _span_decode(self, qd: Tensor, kc: Tensor, vc: Tensor, b: AttnBatch) -> Tensor:
         """Decode attention over the slot range ``0..span-1`` read in place (holes of free slots get
-        zero queries and are dropped), by the compiled kernel or SDPA."""
+        zero queries and are dropped). SDPA here, also in bf16: streaming the cache in place beat
+        both a GEMM path over contiguous copies and a torch.compile'd fused loop in the engine."""
         nd = qd.shape[0]
         if not b.decode_dense:
             full = qd.new_zeros(b.decode_span, *qd.shape[1:])
@@ -390,10 +388,7 @@ class LlamaModel:
             qd = full
         kd = kc[: b.decode_span, :, : b.decode_len]
         vd = vc[: b.decode_span, :, : b.decode_len]
-        if self.decode_kernel is not None:
-            od = self.decode_kernel(qd, kd, vd, b.decode_mask)
-        else:
-            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask)
+        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask)
         return od[b.decode_slots] if not b.decode_dense else od[:nd]
 
     def _math(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:

@@ -14,7 +14,6 @@ from pathlib import Path
 import psutil
 import torch
 
-from onebox.engine.attention import compiled_decode_attention
 from onebox.engine.config import EngineConfig
 from onebox.engine.kv_cache import CacheShape, KVCache, plan_slots
 from onebox.engine.llama import LlamaModel
@@ -69,10 +68,6 @@ class LLMEngine:
         num_slots = plan_slots(shape, budget, config.max_num_seqs)
         self.kv = KVCache(shape, num_slots, model.device)
         model.prepare_rope(max_len)
-        if config.compile and model.device.type == "cpu" and model.math_attention:
-            model.decode_kernel = compiled_decode_attention(
-                model.dtype, cfg.head_dim, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
-            )
         self.loras = LoraRegistry(cfg, model.dtype, model.device, config.max_loras, config.max_lora_rank)
         for name, path in config.adapters.items():
             self.loras.load(name, path)

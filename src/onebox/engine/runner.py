@@ -91,8 +91,6 @@ class ModelRunner:
             lens = torch.ones(span, dtype=torch.long)
             lens[torch.tensor(decode_slots)] = torch.tensor(decode_lens)
             decode_mask = (torch.arange(dlen)[None, :] < lens[:, None]).view(span, 1, 1, dlen)
-            if self.model.decode_kernel is not None:
-                decode_mask = _additive(decode_mask)
         dev = self.model.device
         batch = AttnBatch(
             positions=torch.tensor(positions, dtype=torch.long, device=dev),
