@@ -133,3 +133,19 @@ def test_answer_with_citations() -> None:
 def test_model_saying_not_found_is_flagged() -> None:
     ans = answer("员工一年有几天年假？", [LEAVE], lambda _: "This is not in the knowledge base. [1]")
     assert ans.not_found and ans.citations == ()
+
+
+def test_answer_without_marks_is_attributed_to_the_source_holding_its_facts() -> None:
+    from onebox.rag.answer import attribute
+
+    hits = [
+        hit(1, "The VX-900 measures pH with an accuracy of 0.05 and weighs 2.1 kg."),
+        hit(2, "Annual leave is 15 days for every employee."),
+    ]
+    cites = attribute("The pH accuracy of the VX-900 is 0.05.", "What is the pH accuracy?", hits)
+    assert [(c.number, c.inferred) for c in cites] == [(1, True)]
+    assert attribute("What is the pH accuracy?", "What is the pH accuracy?", hits) == []  # an echo
+    assert attribute("It is blue and made of glass.", "What colour is it?", hits) == []  # no source
+    zh = [hit(3, "沃萝科技维修中心位于苏州工业园区星湖街88号。"), hits[1]]
+    cites = attribute("维修中心在苏州工业园区星湖街。", "维修中心在哪里？", zh)
+    assert [c.number for c in cites] == [1]

@@ -426,14 +426,19 @@ class Grounding:
     kb: str
     hits: list[Any] = field(default_factory=list)
     not_found: bool = False
+    question: str = ""
     text: list[str] = field(default_factory=list)
     """Answer text seen so far in a stream (citations are parsed from it at the end)."""
 
     def extra(self, answer_text: str) -> dict[str, Any]:
         """The non-standard fields added to the response."""
-        from onebox.rag.answer import parse_citations
+        from onebox.rag.answer import attribute, parse_citations
 
-        cites = [] if self.not_found else parse_citations(answer_text, self.hits)
+        cites = []
+        if not self.not_found:
+            cites = parse_citations(answer_text, self.hits) or attribute(
+                answer_text, self.question, self.hits
+            )
         cited = {c.chunk_id for c in cites}
         return {
             "citations": [asdict(c) for c in cites],
@@ -492,7 +497,7 @@ async def ground(request: Request, payload: dict[str, Any]) -> Grounding:
         return Grounding(ref.name, [], True)
     messages, used = build_messages(question, hits)
     payload["messages"] = messages
-    return Grounding(ref.name, list(used))
+    return Grounding(ref.name, list(used), question=question)
 
 
 def decorate_body(g: Grounding, content: bytes) -> bytes:

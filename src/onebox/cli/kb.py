@@ -261,6 +261,8 @@ def ask(
     console.print("\n[bold]Sources[/]")
     for s in out["sources"]:
         mark = "" if s["cited"] else " [dim](not cited)[/]"
+        if s.get("inferred"):
+            mark = " [dim](matched to the answer; the model wrote no [n])[/]"
         console.print(f"  [{s['number']}] {_where(s)}  score {s['score']:.4f}{mark}", highlight=False)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from onebox.errors import ConfigError, ErrorList
 from onebox.rag.types import Hit
@@ -114,6 +114,9 @@ class Citation:
     locator: str
     page_start: int | None
     page_end: int | None
+    inferred: bool = False
+    """True when the model wrote no ``[n]`` and the source was matched to the answer's content
+    (small models often answer correctly but forget the marks)."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,25 @@ def parse_citations(answer_text: str, hits: Sequence[Hit]) -> list[Citation]:
     return out
 
 
+def attribute(answer_text: str, question: str, hits: Sequence[Hit]) -> list[Citation]:
+    """Sources an answer without ``[n]`` marks rests on: those holding most of the terms the answer
+    adds to its question (words, Chinese bigrams). An answer that only echoes the question, or
+    whose new terms no source holds, gets no citation rather than a guess."""
+    new = query_terms(answer_text) - query_terms(question)
+    if not new:
+        return []
+    scored = []
+    for n, h in enumerate(hits, start=1):
+        shared = new & query_terms(h.chunk.text)
+        if len(shared) >= min(2, len(new)) and len(shared) / len(new) >= 0.3:
+            scored.append((len(shared), n))
+    if not scored:
+        return []
+    best = max(s for s, _ in scored)
+    keep = sorted(n for s, n in scored if s >= 0.8 * best)
+    return [replace(c, inferred=True) for c in parse_citations("".join(f"[{n}]" for n in keep), hits)]
+
+
 def _says_not_found(text: str) -> bool:
     flat = " ".join(text.split())
     return not flat or NOT_FOUND_ZH in flat or NOT_FOUND_EN.lower() in flat.lower()
@@ -312,4 +334,5 @@ def answer(
     text = generate(messages).strip()
     if _says_not_found(text):
         return Answer(text or NOT_FOUND_MESSAGE, (), tuple(used), True)
-    return Answer(text, tuple(parse_citations(text, used)), tuple(used), False)
+    cites = parse_citations(text, used) or attribute(text, question, used)
+    return Answer(text, tuple(cites), tuple(used), False)

@@ -753,6 +753,7 @@ def ask(
 
     ans = answer(question, hits, gen)
     numbers = {c.chunk_id: c.number for c in ans.citations}
+    inferred = {c.chunk_id for c in ans.citations if c.inferred}
     return {
         "kb": name,
         "question": question,
@@ -761,7 +762,8 @@ def ask(
         "model": used.get("model"),
         "citations": [asdict(c) for c in ans.citations],
         "sources": [
-            {**hit_dict(h, i), "cited": h.chunk.chunk_id in numbers} for i, h in enumerate(ans.hits, start=1)
+            {**hit_dict(h, i), "cited": h.chunk.chunk_id in numbers, "inferred": h.chunk.chunk_id in inferred}
+            for i, h in enumerate(ans.hits, start=1)
         ],
     }
 
