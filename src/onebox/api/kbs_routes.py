@@ -161,6 +161,7 @@ class HitOut(BaseModel):
 class SourceOut(HitOut):
     number: int = Field(description="The [n] of this source in the prompt and the answer.")
     cited: bool = Field(description="Whether the answer cites it.")
+    inferred: bool = Field(default=False, description="Cited by matching, not by an [n] mark in the answer.")
 
 
 class CitationOut(BaseModel):
@@ -172,6 +173,9 @@ class CitationOut(BaseModel):
     locator: str
     page_start: int | None
     page_end: int | None
+    inferred: bool = Field(
+        default=False, description="Matched to the answer's content because the model wrote no [n] marks."
+    )
 
 
 class AskIn(BaseModel):

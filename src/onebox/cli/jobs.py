@@ -273,6 +273,23 @@ def submit(
     raise_for_outcome(info)
 
 
+def follow(app: App, job: Any, *, detach: bool, json_out: bool) -> dict[str, Any] | None:
+    """What a submitting command does next: with ``detach``, say how to run and track the queued
+    job and return None; otherwise run it here with live progress (Ctrl-C cancels it) and return its
+    result, raising when it failed or was cancelled."""
+    if detach:
+        if json_out:
+            print_json(jobs.job_dict(job))
+        else:
+            console.print(
+                f"queued {job.id}; `onebox jobs run` executes it, `onebox jobs show {job.id}` tracks it"
+            )
+        return None
+    info = watch(app, job.id, LocalExecutor(settings()), enabled=not json_out, cancel_on_interrupt=True)
+    raise_for_outcome(info)
+    return {"id": info["id"], "result": info["result"] or {}}
+
+
 def raise_for_outcome(info: dict[str, Any]) -> None:
     """Turn a job that did not succeed into an error (exit code 1) for commands that waited on it."""
     if info["status"] == state.FAILED:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from onebox.cli.output import console, err_console, human_size, print_json
-from onebox.cli.state import JsonOpt, get_app, settings
+from onebox.cli.state import JsonOpt, get_app
 from onebox.errors import InvalidInputError, Problem
 from onebox.services import kbs
 
@@ -115,9 +115,7 @@ def add(
 
     Unchanged files are skipped, so adding a folder again only re-indexes what changed. Exit code
     4 when no file could be ingested."""
-    from onebox.cli.jobs import raise_for_outcome, watch
-    from onebox.jobs.executor import LocalExecutor
-    from onebox.services import jobs
+    from onebox.cli.jobs import follow
 
     items, skipped, one_folder = kbs.collect(paths)
     if sync and not one_folder:
@@ -128,19 +126,12 @@ def add(
         err_console.print(f"[dim]skipped {s} (not a supported document format)[/]", highlight=False)
     a = get_app()
     job = kbs.add(a, name, items, tags=tag, sync=sync, ocr=ocr, priority=priority)
-    if detach:
-        if json_out:
-            print_json(jobs.job_dict(job))
-        else:
-            console.print(
-                f"queued {job.id}; `onebox jobs run` executes it, `onebox jobs show {job.id}` tracks it"
-            )
+    done = follow(a, job, detach=detach, json_out=json_out)
+    if done is None:
         return
-    info = watch(a, job.id, LocalExecutor(settings()), enabled=not json_out, cancel_on_interrupt=True)
-    raise_for_outcome(info)
-    result = info["result"] or {}
+    result = done["result"]
     if json_out:
-        print_json({"job": info["id"], **result})
+        print_json({"job": done["id"], **result})
     else:
         _print_report(result)
     counts = result.get("counts", {})

@@ -9,7 +9,7 @@ import typer
 import yaml
 
 from onebox.cli.output import console, print_json
-from onebox.cli.state import JsonOpt, get_app, settings
+from onebox.cli.state import JsonOpt, get_app
 from onebox.errors import InvalidInputError, Problem
 
 RECIPE_KEYS = ("base", "data", "output")
@@ -69,9 +69,8 @@ def train_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune BASE on DATA (LoRA by default) and register the result with lineage."""
-    from onebox.cli.jobs import raise_for_outcome, watch
-    from onebox.jobs.executor import LocalExecutor
-    from onebox.services import jobs, training
+    from onebox.cli.jobs import follow
+    from onebox.services import training
 
     recipe = load_recipe(config_file)
     base = base or recipe.get("base")
@@ -106,20 +105,12 @@ def train_command(
     config = build_config(recipe, overrides)
     app = get_app()
     job = training.submit_train(app, str(base), str(data), config, output=output, priority=priority)
-    if detach:
-        info = jobs.job_dict(job)
-        if json_out:
-            print_json(info)
-        else:
-            console.print(
-                f"queued {job.id}; `onebox jobs run` executes it, `onebox jobs show {job.id}` tracks it"
-            )
+    done = follow(app, job, detach=detach, json_out=json_out)
+    if done is None:
         return
-    info = watch(app, job.id, LocalExecutor(settings()), enabled=not json_out, cancel_on_interrupt=True)
-    raise_for_outcome(info)
-    result = info["result"] or {}
+    result = done["result"]
     if json_out:
-        print_json({"job": info["id"], **result})
+        print_json({"job": done["id"], **result})
         return
     m = result.get("metrics", {})
     nan = float("nan")
