@@ -93,8 +93,8 @@ class IncrementalDetokenizer:
         return delta
 
 
-def _bytes_to_unicode() -> dict[str, int]:
-    """GPT-2's table from printable stand-in characters back to the bytes they encode."""
+def byte_alphabet() -> list[str]:
+    """GPT-2's byte-level alphabet: the printable stand-in character of each byte, in byte order."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -104,10 +104,11 @@ def _bytes_to_unicode() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+    table = dict(zip(bs, cs, strict=True))
+    return [chr(table[b]) for b in range(256)]
 
 
-_BYTE_DECODER = _bytes_to_unicode()
+_BYTE_DECODER = {c: b for b, c in enumerate(byte_alphabet())}
 
 
 def _decoder_kinds(tokenizer: Any) -> str:
