@@ -11,10 +11,12 @@ on-disk ANN graph, which is only a cache, learns what it has missed.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from onebox.errors import IndexCorruptedError, StoreError
+from onebox.errors import ConflictError, IndexCorruptedError, StoreError
 from onebox.rag.index import _lexical
 from onebox.rag.index._records import epoch
 from onebox.rag.types import SearchFilter
@@ -101,6 +103,28 @@ def init_schema(conn: sqlite3.Connection, dim: int, path: Path) -> None:
         )
     if got and int(got.get("schema", -1)) != SCHEMA_VERSION:
         raise IndexCorruptedError(f"{path} has index schema {got.get('schema')}, expected {SCHEMA_VERSION}")
+
+
+@contextmanager
+def write(conn: sqlite3.Connection, path: Path, what: str, conflict: str | None = None) -> Iterator[None]:
+    """One write transaction: taken up front (``BEGIN IMMEDIATE``, so readers never see half of it),
+    committed on success, rolled back on any error; SQLite errors become onebox errors naming
+    ``what``, and an integrity violation becomes a conflict starting with ``conflict`` when given."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("COMMIT")
+    except sqlite3.IntegrityError as exc:
+        _rollback(conn)
+        if conflict is None:
+            raise wrap(exc, path, what) from exc
+        raise ConflictError(f"{conflict}: {exc} (a chunk id is used by another document)") from exc
+    except sqlite3.Error as exc:
+        _rollback(conn)
+        raise wrap(exc, path, what) from exc
+    except BaseException:
+        _rollback(conn)
+        raise
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

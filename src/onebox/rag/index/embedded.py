@@ -105,8 +105,7 @@ class EmbeddedIndex:
         vec = _records.check_upsert(doc, chunks, vectors, self.dim)
         terms = [" ".join(self._analyzer(c.embed_text(doc.title))) for c in chunks]
         conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with sq.write(conn, self._db, f"indexing {doc.source!r}", conflict=f"cannot index {doc.source!r}"):
             gen = sq.meta_int(conn, "generation") + 1
             clash = conn.execute(
                 "SELECT doc_id FROM documents WHERE source = ? AND doc_id != ?", (doc.source, doc.doc_id)
@@ -141,39 +140,18 @@ class EmbeddedIndex:
                 conn.execute("INSERT INTO chunks_fts(rowid, terms) VALUES (?, ?)", (cid, t))
             _lexical.apply_counts(conn, *_lexical.count_terms(terms), sign=1)
             sq.set_meta(conn, "generation", gen)
-            conn.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:
-            sq._rollback(conn)
-            raise ConflictError(
-                f"cannot index {doc.source!r}: {exc} (a chunk id is used by another document)"
-            ) from exc
-        except sqlite3.Error as exc:
-            sq._rollback(conn)
-            raise sq.wrap(exc, self._db, f"indexing {doc.source!r}") from exc
-        except BaseException:
-            sq._rollback(conn)
-            raise
         self._sync(writer=True)
 
     def delete_document(self, doc_id: str) -> bool:
         conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with sq.write(conn, self._db, f"deleting {doc_id!r}"):
             row = conn.execute("SELECT doc_no FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
             if row is None:
-                conn.execute("ROLLBACK")
                 return False
             gen = sq.meta_int(conn, "generation") + 1
             self._drop_chunks(conn, row[0], gen)
             conn.execute("DELETE FROM documents WHERE doc_no = ?", (row[0],))
             sq.set_meta(conn, "generation", gen)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            sq._rollback(conn)
-            raise sq.wrap(exc, self._db, f"deleting {doc_id!r}") from exc
-        except BaseException:
-            sq._rollback(conn)
-            raise
         self._sync(writer=True)
         return True
 
@@ -317,13 +295,11 @@ class EmbeddedIndex:
         try:
             if conn.execute("SELECT count(*) FROM removed").fetchone()[0] <= _LOG_KEEP:
                 return
-            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise sq.wrap(exc, self._db, "trimming the removed log") from exc
+        with sq.write(conn, self._db, "trimming the removed log"):
             conn.execute("DELETE FROM removed WHERE gen <= ?", (saved_gen,))
             sq.set_meta(conn, "floor", max(saved_gen, sq.meta_int(conn, "floor")))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            sq._rollback(conn)
-            raise sq.wrap(exc, self._db, "trimming the removed log") from exc
 
     # -- reads --------------------------------------------------------------------------------
 
