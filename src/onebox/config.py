@@ -44,6 +44,38 @@ class Settings(BaseSettings):
     """Where knowledge-base indexes live: unset keeps each in a folder under ``<home>/kbs``
     (embedded); a ``postgresql://`` URL of a database with pgvector holds them all (cluster mode)."""
 
+    encrypt_artifacts: bool = False
+    """Encrypt every new artifact at rest (envelope AES-256-GCM); needs a master key."""
+
+    master_key: str | None = Field(default=None, repr=False)
+    """The master key as 64 hex digits (prefer ``master_key_file``: environments leak)."""
+
+    master_key_file: Path | None = None
+    """A file (mode 0600) holding the master key as 64 hex digits."""
+
+    kms_provider: str | None = None
+    """``module:attribute`` of a KMS provider that wraps and unwraps data keys instead of a local
+    master key (see ``onebox.security.keys``)."""
+
+    metrics_public: bool = False
+    """Serve ``/metrics`` without credentials (for a Prometheus that cannot send a bearer token)."""
+
+    admin_password: str | None = Field(default=None, repr=False)
+    """Password of the first admin, for unattended setups; without it ``onebox init`` generates
+    one, prints it once, and requires a change at first login."""
+
+    login_max_failures: int = 5
+    """Failed logins in a row after which a user is locked out for ``login_lockout_seconds``."""
+
+    login_lockout_seconds: int = 300
+    """How long a lockout lasts (seconds)."""
+
+    session_ttl_seconds: int = 8 * 3600
+    """Lifetime of a console login session (seconds)."""
+
+    max_upload_bytes: int = 512 * 1024**2
+    """Largest request body the API accepts (bytes); larger uploads get 413."""
+
     @field_validator("kb_index_url")
     @classmethod
     def _pg_url(cls, v: str | None) -> str | None:
@@ -51,7 +83,14 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL (or unset for indexes under the home folder)")
         return v or None
 
-    @field_validator("max_import_bytes", "gc_grace_seconds")
+    @field_validator(
+        "max_import_bytes",
+        "gc_grace_seconds",
+        "login_max_failures",
+        "login_lockout_seconds",
+        "session_ttl_seconds",
+        "max_upload_bytes",
+    )
     @classmethod
     def _non_negative(cls, v: int) -> int:
         if v < 0:
@@ -74,6 +113,11 @@ class Settings(BaseSettings):
     def artifacts_url(self) -> str:
         """The effective artifact location (folder path or fsspec URL)."""
         return self.artifacts or str(self.home / "artifacts")
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Key files (audit key, generated master key), mode 0700."""
+        return self.home / "secrets"
 
     @property
     def cache_dir(self) -> Path:

@@ -281,3 +281,45 @@ class IndexCorruptedError(IntegrityError):
     """A knowledge-base index on disk does not match its records and could not be rebuilt."""
 
     code = "index_corrupted"
+
+
+class AuthenticationError(OneboxError):
+    """No valid identity: missing, malformed, wrong, expired or revoked credentials (HTTP 401).
+    The message never says whether a user or key exists."""
+
+    code = "authentication_failed"
+    exit_code = 12
+
+
+class PermissionDeniedError(OneboxError):
+    """The identity is valid but lacks the role or scope for the action (HTTP 403)."""
+
+    code = "permission_denied"
+    exit_code = 13
+
+
+class PolicyDeniedError(PermissionDeniedError):
+    """A use policy (who, when, where) forbids the action; ``details['condition']`` names the
+    condition that failed. Audited."""
+
+    code = "policy_denied"
+
+
+class QuotaExceededError(OverloadedError):
+    """A per-key or per-project quota is used up (HTTP 429 with ``Retry-After``)."""
+
+    code = "quota_exceeded"
+
+
+class TamperedError(IntegrityError):
+    """Encrypted data, a licence or the audit chain failed its authentication check: someone or
+    something changed it."""
+
+    code = "tampered"
+
+
+class KeyUnavailableError(OneboxError):
+    """Encrypted artifacts exist but the master key is missing or wrong."""
+
+    code = "key_unavailable"
+    exit_code = 14

@@ -24,6 +24,12 @@ TABLES = {
     "events",
     "blobs",
     "artifact_refs",
+    "users",
+    "memberships",
+    "api_keys",
+    "web_sessions",
+    "audit_log",
+    "use_policies",
 }
 
 
@@ -32,7 +38,7 @@ def test_upgrade_creates_every_table_and_matches_models(db_url: str) -> None:
     db.migrate()
     db.migrate()  # idempotent
     assert set(inspect(db.engine).get_table_names()) >= TABLES
-    assert current_revision(db.engine) == "0002"
+    assert current_revision(db.engine) == "0003"
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []

@@ -25,6 +25,9 @@ _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.S)
 STATUS: dict[type[e.OneboxError], int] = {
     e.InvalidInputError: 400,
     e.ConfigError: 400,
+    e.AuthenticationError: 401,
+    e.PermissionDeniedError: 403,
+    e.KeyUnavailableError: 503,
     e.NotFoundError: 404,
     e.ConflictError: 409,
     e.OverloadedError: 429,
@@ -104,6 +107,8 @@ def error_response(exc: BaseException, *, openai: bool) -> JSONResponse:
     headers = {}
     if (retry := _retry_after(exc)) is not None:
         headers["Retry-After"] = retry
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="onebox"'
     return JSONResponse(body, status_code=status, headers=headers)
 
 

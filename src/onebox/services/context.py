@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from onebox.config import Settings, load_settings
 from onebox.errors import StoreError
+from onebox.security.audit import AuditEntry, AuditLog
+from onebox.security.principal import Principal, local_principal
+from onebox.security.secrets import load_or_create
 from onebox.store.backends import backend_from_url
 from onebox.store.blobs import BlobStore
 from onebox.store.db import Database, is_initialised
@@ -17,6 +21,8 @@ class App:
     settings: Settings
     db: Database
     blobs: BlobStore
+    principal: Principal | None = None
+    """Who acts through this context; None is the operator at the box's shell (the CLI)."""
 
     @property
     def staging_dir(self) -> Path:
@@ -26,7 +32,52 @@ class App:
         return path
 
     def close(self) -> None:
+        """Release the store; only the context ``open_app`` returned, never one from ``acting_as``."""
         self.db.dispose()
+
+    def acting_as(self, principal: Principal) -> App:
+        """The same store seen by ``principal``: services act in its project."""
+        settings = self.settings.model_copy(update={"project": principal.project})
+        return replace(self, settings=settings, principal=principal)
+
+    def actor(self) -> Principal:
+        if self.principal is not None:
+            return self.principal
+        from onebox.services.projects import get_project
+
+        with self.db.session() as s:
+            project = get_project(s, self.settings.project)
+            return local_principal(project.id, project.name)
+
+    @cached_property
+    def audit_log(self) -> AuditLog:
+        key = load_or_create(self.settings.secrets_dir / "audit.key")
+        return AuditLog(self.db, key, self.settings.secrets_dir / "audit.head")
+
+    def audit(
+        self,
+        action: str,
+        *,
+        outcome: str = "ok",
+        resource_type: str = "",
+        resource_id: str = "",
+        principal: Principal | None = None,
+        **details: object,
+    ) -> None:
+        """Append one record for an action by ``principal`` (default: this context's actor)."""
+        who = principal or self.actor()
+        self.audit_log.append(
+            AuditEntry(
+                action=action,
+                actor=who.actor,
+                outcome=outcome,
+                project_id=who.project_id,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                source=who.source,
+                details=dict(details),
+            )
+        )
 
 
 def open_app(settings: Settings | None = None, *, migrate: bool = True) -> App:

@@ -88,6 +88,15 @@ class Project(Timestamped, Base):
     name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
     status: Mapped[str] = mapped_column(String(32), default="active", nullable=False)
     description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    # quotas (migration 0003); None means unlimited
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    """Requests per minute on ``/v1`` for the whole project."""
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    """Tokens (prompt + completion) per minute on ``/v1`` for the whole project."""
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    """Jobs of the project that may be queued or running at once."""
+    storage_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    """Bytes of model versions, dataset versions and documents the project may hold."""
 
 
 class ProjectScoped(Timestamped):
@@ -300,3 +309,101 @@ class ArtifactRef(Base):
     owner_type: Mapped[str] = mapped_column(String(32), nullable=False)
     owner_id: Mapped[str] = mapped_column(String(32), index=True, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+# -- security (migration 0003) ------------------------------------------------------------------
+
+
+class User(Timestamped, Base):
+    """A person who logs in; what they may do in a project comes from their membership's role."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    """Case-folded login name."""
+    display_name: Mapped[str] = mapped_column(String(128), default="", nullable=False)
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)  # argon2id
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
+    """System administrator: every project, user management, audit."""
+    status: Mapped[str] = mapped_column(String(16), default="active", nullable=False)  # active | disabled
+    must_change_password: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false(), nullable=False
+    )
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"), nullable=False)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Membership(Timestamped, Base):
+    """A user's role in one project (admin, operator, developer or viewer)."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("user_id", "project_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True, nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+
+
+class ApiKey(Timestamped, Base):
+    """A secret for scripts and OpenAI clients, bound to one user and one project. Only a hash of
+    the secret is stored; the prefix identifies the key in lists and logs."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(24), unique=True, nullable=False)
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False)  # sha256 of the whole key
+    name: Mapped[str] = mapped_column(String(128), default="", nullable=False)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True, nullable=False)
+    scopes: Mapped[list[Any]] = mapped_column(JSONType, default=list, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+
+
+class WebSession(Base):
+    """A console login: the cookie carries the token, the store keeps only its hash."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie token
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), nullable=False)
+    csrf_token: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    source: Mapped[str] = mapped_column(String(255), default="", nullable=False)
+
+
+class AuditRecord(Base):
+    """One append-only, hash-chained audit record; ``hash`` covers ``prev_hash`` and the fields."""
+
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)
+    project_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    action: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    resource_type: Mapped[str] = mapped_column(String(32), default="", nullable=False)
+    resource_id: Mapped[str] = mapped_column(String(128), default="", nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # ok | denied | failed
+    source: Mapped[str] = mapped_column(String(255), default="", nullable=False)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class UsePolicy(Timestamped, Base):
+    """Who may use a model version or dataset version, when, and on which machines."""
+
+    __tablename__ = "use_policies"
+    __table_args__ = (UniqueConstraint("resource_type", "resource_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True, nullable=False)
+    resource_type: Mapped[str] = mapped_column(String(32), nullable=False)  # model_version | dataset_version
+    resource_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    rules: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    """Allowed projects/users/roles, valid_from/until, time-of-day windows, host fingerprints."""
+    created_by: Mapped[str] = mapped_column(String(128), default="", nullable=False)
