@@ -75,6 +75,7 @@ def build_asgi(deployment_id: str, adapters: dict[str, str] | None = None) -> An
     app = open_app(migrate=False)
     try:
         spec = deployments.worker_spec(app, deployment_id)
+        app = app.in_project(deployments.project_name(app, spec.project_id))  # resolve refs where it lives
         log.info("deployment %s: checking out %s", spec.name, spec.model_ref)
         model_dir = models.checkout(app, spec.model_ref)
         if spec.kind == "embedding":

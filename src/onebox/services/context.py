@@ -35,6 +35,10 @@ class App:
         """Release the store; only the context ``open_app`` returned, never one from ``acting_as``."""
         self.db.dispose()
 
+    def in_project(self, project: str) -> App:
+        """The same store acting in another project (by name), as the local operator."""
+        return replace(self, settings=self.settings.model_copy(update={"project": project}), principal=None)
+
     def acting_as(self, principal: Principal) -> App:
         """The same store seen by ``principal``: services act in its project."""
         settings = self.settings.model_copy(update={"project": principal.project})

@@ -32,7 +32,7 @@ from onebox.services.context import App
 from onebox.services.models import get_model, resolve
 from onebox.services.names import Ref, name_key, parse_ref, validate_name
 from onebox.services.projects import get_project
-from onebox.store.tables import Deployment, Model, ModelVersion, new_id
+from onebox.store.tables import Deployment, Model, ModelVersion, Project, new_id
 
 RESOURCE = "deployment"
 MAX_REPLICAS = 32
@@ -455,10 +455,21 @@ def remove_adapter(app: App, name: str, adapter: str) -> dict[str, Any]:
 # -- for the supervisor and workers ---------------------------------------------------------------
 
 
-def desired_state(app: App) -> list[DeploymentSpec]:
-    """Every deployment of the project with its adapters resolved to versions now."""
+def desired_state(app: App, *, all_projects: bool = False) -> list[DeploymentSpec]:
+    """Every deployment of the project (or, for the gateway, of every project) with its adapters
+    resolved to versions now."""
     with app.db.session() as s:
+        if all_projects:
+            deps = s.scalars(
+                select(Deployment).where(Deployment.status != "deleted").order_by(Deployment.name)
+            )
+            return [_spec(s, d) for d in deps]
         return [_spec(s, d) for d in _deployments(s, _project_id(s, app))]
+
+
+def project_name(app: App, project_id: str) -> str:
+    with app.db.session() as s:
+        return s.get_one(Project, project_id).name
 
 
 def worker_spec(app: App, deployment_id: str) -> DeploymentSpec:
