@@ -149,10 +149,13 @@ class Route:
     deployment: str
     model_id: str
     adapter: bool
+    project_id: str = ""
 
 
 class Supervisor:
-    """Reconciles the deployments of one project with worker processes on this machine."""
+    """Reconciles the deployments of every project in the home with worker processes on this
+    machine; routes are per project, so a model name means different deployments in different
+    projects and a caller never reaches another project's models."""
 
     def __init__(
         self,
@@ -179,7 +182,8 @@ class Supervisor:
         self.specs: dict[str, DeploymentSpec] = {}
         self.replicas: dict[tuple[str, int], Replica] = {}
         self.stopping: list[Replica] = []
-        self.routes: dict[str, Route] = {}
+        self.routes: dict[tuple[str, str], Route] = {}
+        """(project id, case-folded model id) -> route."""
         self._reported: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -249,7 +253,7 @@ class Supervisor:
     # -- reconcile ---------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        specs = await asyncio.to_thread(deployments.desired_state, self.app)
+        specs = await asyncio.to_thread(deployments.desired_state, self.app, all_projects=True)
         desired = {s.id: s for s in specs}
         for key, r in list(self.replicas.items()):
             spec = desired.get(r.deployment_id)
@@ -275,11 +279,12 @@ class Supervisor:
             del self._reported[gone]
 
     def _route(self, specs: list[DeploymentSpec]) -> None:
-        routes: dict[str, Route] = {}
+        routes: dict[tuple[str, str], Route] = {}
         for spec in specs:
-            routes[name_key(spec.name)] = Route(spec.id, spec.name, spec.name, False)
+            pid = spec.project_id
+            routes[(pid, name_key(spec.name))] = Route(spec.id, spec.name, spec.name, False, pid)
             for a in spec.adapters:
-                routes.setdefault(name_key(a), Route(spec.id, spec.name, a, True))
+                routes.setdefault((pid, name_key(a)), Route(spec.id, spec.name, a, True, pid))
         self.routes = routes
 
     def _retry_failed(self, spec: DeploymentSpec) -> None:
@@ -475,13 +480,21 @@ class Supervisor:
     def replicas_of(self, deployment_id: str) -> list[Replica]:
         return sorted((r for (d, _), r in self.replicas.items() if d == deployment_id), key=lambda r: r.index)
 
-    def model_ids(self) -> list[str]:
-        return sorted(r.model_id for r in self.routes.values())
+    def routes_of(self, project_id: str | None) -> list[Route]:
+        """The routes a caller in ``project_id`` may use (None: every project, for the box itself)."""
+        return [r for (pid, _), r in self.routes.items() if project_id is None or pid == project_id]
 
-    def route(self, model: str) -> Route:
-        route = self.routes.get(name_key(model))
+    def model_ids(self, project_id: str | None = None) -> list[str]:
+        return sorted(r.model_id for r in self.routes_of(project_id))
+
+    def route(self, model: str, project_id: str | None = None) -> Route:
+        key = name_key(model)
+        if project_id is not None:
+            route = self.routes.get((project_id, key))
+        else:
+            route = next((r for (_, k), r in self.routes.items() if k == key), None)
         if route is None:
-            available = ", ".join(self.model_ids()) or "none (deploy one with `onebox deploy`)"
+            available = ", ".join(self.model_ids(project_id)) or "none (deploy one with `onebox deploy`)"
             raise NotFoundError(
                 f"the model {model!r} does not exist; available models: {available}",
                 param="model",
@@ -489,9 +502,9 @@ class Supervisor:
             )
         return route
 
-    def pick(self, model: str) -> tuple[Route, Replica]:
+    def pick(self, model: str, project_id: str | None = None) -> tuple[Route, Replica]:
         """A ready replica serving ``model``, the one with the fewest requests in flight."""
-        route = self.route(model)
+        route = self.route(model, project_id)
         candidates = [
             r
             for r in self.replicas_of(route.deployment_id)
