@@ -22,6 +22,7 @@ from onebox.data.importer import ImportOptions, prepare
 from onebox.data.parquet import read_examples
 from onebox.errors import ConflictError, InUseError, InvalidInputError, NotFoundError, Problem, SchemaError
 from onebox.progress import ProgressFn, null_progress
+from onebox.security.storage import enforce_storage
 from onebox.services import events
 from onebox.services.context import App
 from onebox.services.names import Ref, name_key, parse_ref, validate_name
@@ -124,6 +125,7 @@ def import_file(
                             f"dataset {ds.name!r} holds {_kind(last.schema)} data but {path.name} is "
                             f"{_kind(prepared.schema)} ({prepared.schema}); import it under another name"
                         )
+            enforce_storage(app, sum(f.stat().st_size for f in prepared.files.values()))  # quota
             progress("save", 0, len(prepared.files))
             infos: dict[str, BlobInfo] = {}
             for i, (_key, file) in enumerate(sorted(prepared.files.items()), 1):

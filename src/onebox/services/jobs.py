@@ -29,6 +29,7 @@ from onebox.errors import (
 from onebox.jobs import procs, state
 from onebox.jobs.registry import handler_path
 from onebox.jobs.resources import Resources, check_fits_machine, machine_capacity
+from onebox.security.quotas import check_job_slots
 from onebox.services import events
 from onebox.services.context import App
 from onebox.services.names import validate_name
@@ -90,6 +91,7 @@ def submit(
     check_fits_machine(request, capacity or machine_capacity(gpus=request.gpus > 0))
     with app.db.session() as s:
         pid = _project_id(s, app)
+        check_job_slots(s, pid)  # QuotaExceededError when the project's job slots are full
         if input_model_version_id and s.get(ModelVersion, input_model_version_id) is None:
             raise NotFoundError(f"model version {input_model_version_id} does not exist")
         if input_dataset_version_id and s.get(DatasetVersion, input_dataset_version_id) is None:

@@ -45,6 +45,7 @@ from onebox.jobs import state
 from onebox.jobs.resources import machine_capacity
 from onebox.rag.ingest import FileResult, ParseOptions, ingest_folder, sha256_of, walk_folder
 from onebox.rag.types import ChunkIndex, DocumentRecord, Hit, SearchFilter
+from onebox.security.storage import enforce_storage, replacing_bytes
 from onebox.services import events, jobs, models
 from onebox.services.context import App
 from onebox.services.names import name_key, validate_name, validate_text
@@ -508,6 +509,7 @@ def add(
         if len(t) > 64 or "," in t:
             errs.add("tags", f"{t!r} is not a tag", "use up to 64 characters without commas")
     errs.raise_if_any("cannot add these files", InvalidInputError)
+    enforce_storage(app, replacing_bytes(h.sources, seen.items()))  # storage quota
     h.sources.mkdir(parents=True, exist_ok=True)
     _snapshot(h.sources, list(seen.items()))
     if sync:

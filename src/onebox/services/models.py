@@ -32,6 +32,7 @@ from onebox.models.catalog import CATALOG, get_entry
 from onebox.models.gguf import convert_gguf
 from onebox.models.inspect import ModelFacts, inspect_path
 from onebox.progress import ProgressFn, null_progress
+from onebox.security.storage import enforce_storage, tree_bytes
 from onebox.services import events
 from onebox.services.context import App
 from onebox.services.names import Ref, name_key, parse_ref, validate_name, validate_text
@@ -171,6 +172,7 @@ def register(
     try:
         path, facts, extra = _stage(app, source, staging, progress)
         kind = kind or facts.kind
+        enforce_storage(app, tree_bytes(path))  # storage quota, before anything is stored
         manifest_blob, manifest = app.blobs.put_tree(path, progress)
         try:
             with app.db.session() as s:
