@@ -20,6 +20,7 @@ from onebox.cli import data as data_cli
 from onebox.cli import jobs as jobs_cli
 from onebox.cli import kb as kb_cli
 from onebox.cli import models as models_cli
+from onebox.cli import quotas as quotas_cli
 from onebox.cli import serve as serve_cli
 from onebox.cli.evaluate import eval_command
 from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
@@ -38,6 +39,7 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(jobs_cli.app, name="jobs")
 app.add_typer(kb_cli.app, name="kb")
+app.add_typer(quotas_cli.app, name="quotas")
 app.command("eval")(eval_command)
 app.command("train")(train_command)
 app.command("serve")(serve_cli.serve_command)
