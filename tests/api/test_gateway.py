@@ -26,6 +26,7 @@ from onebox.api.app import create_app
 from onebox.config import Settings
 from onebox.services import models
 from onebox.services.context import open_app
+from tests.auth_helpers import admin_key, bearer
 from tests.serve.test_supervisor import standin_command
 
 
@@ -39,6 +40,7 @@ class Gateway:
     """``create_app`` under uvicorn in a thread, like ``onebox serve`` runs it."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
+        self.key = admin_key(settings)
         self.app = create_app(settings, **options)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -60,10 +62,11 @@ class Gateway:
         return self.app.state.supervisor
 
     def client(self, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0, **kw)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, **kw)
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.url}{path}", timeout=60, **kw)
+        headers = {**bearer(self.key), **kw.pop("headers", {})}
+        return httpx.request(method, f"{self.url}{path}", timeout=60, headers=headers, **kw)
 
     def wait_status(self, name: str, status: str = "ready", timeout: float = 60) -> dict[str, Any]:
         last: dict[str, Any] = {}
@@ -169,7 +172,8 @@ def test_worker_dying_mid_stream(gw: Gateway) -> None:
 
 def test_client_disconnect_cancels_upstream(gw: Gateway) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "please-slow"}], "stream": True}
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=30) as r:
+    url = f"{gw.url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=30, headers=bearer(gw.key)) as r:
         next(r.iter_raw())  # the first chunk arrived; now hang up
     stats = {}
 

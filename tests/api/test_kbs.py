@@ -17,6 +17,7 @@ from onebox.rag.answer import NOT_FOUND_MESSAGE
 from onebox.services import kbs, models
 from onebox.services.context import open_app
 from tests.api.test_gateway import Gateway
+from tests.auth_helpers import admin_key, bearer
 from tests.serve.test_supervisor import standin_command
 
 TRAVEL = (
@@ -46,7 +47,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
 
 @pytest.fixture(scope="module")
 def client(home: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(home, supervise=False)) as c:
+    with TestClient(create_app(home, supervise=False), headers=bearer(admin_key(home))) as c:
         yield c
 
 

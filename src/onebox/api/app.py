@@ -22,12 +22,13 @@ from typing import Any
 
 import anyio
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from onebox import __version__
-from onebox.api import kbs_routes
+from onebox.api import identity_routes, kbs_routes
+from onebox.api.auth import authorize, principal_of
 from onebox.api.deployments_routes import router as deployments_router
 from onebox.api.errors import error_response, install_error_handlers, openai_error_body
 from onebox.api.gateway_metrics import GatewayMetrics, StreamMeter
@@ -97,6 +98,7 @@ def create_app(
         version=__version__,
         description="OpenAI-compatible inference (`/v1`) and the onebox control plane (`/api/v1`).",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],
         openapi_tags=[
             {"name": "openai", "description": "OpenAI-compatible API, routed by `model`."},
             {"name": "deployments", "description": "Deploy, scale and undeploy models; manage adapters."},
@@ -114,6 +116,7 @@ def create_app(
     install_error_handlers(app, openai_shape_prefix="/v1")
     app.include_router(deployments_router)
     app.include_router(kbs_routes.router)
+    app.include_router(identity_routes.router)
 
     @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streaming or not)")
     async def chat_completions(request: Request) -> Response:
@@ -128,13 +131,14 @@ def create_app(
         return await _proxy(request, "/v1/embeddings")
 
     @app.get("/v1/models", tags=["openai"], response_model=ModelList, summary="Models served")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": _model_cards(supervisor)}
+    async def list_models(request: Request) -> dict[str, Any]:
+        return {"object": "list", "data": _model_cards(supervisor, principal_of(request).project_id)}
 
     @app.get("/v1/models/{model:path}", tags=["openai"], response_model=ModelCard, summary="One model")
-    async def get_model(model: str) -> dict[str, Any]:
-        route = supervisor.route(model)
-        return next(c for c in _model_cards(supervisor) if c["id"] == route.model_id)
+    async def get_model(request: Request, model: str) -> dict[str, Any]:
+        project_id = principal_of(request).project_id
+        route = supervisor.route(model, project_id)
+        return next(c for c in _model_cards(supervisor, project_id) if c["id"] == route.model_id)
 
     @app.get("/health", tags=["system"], response_model=Health, summary="Gateway liveness")
     async def health() -> dict[str, Any]:
@@ -152,9 +156,9 @@ def create_app(
     return app
 
 
-def _model_cards(supervisor: Supervisor) -> list[dict[str, Any]]:
+def _model_cards(supervisor: Supervisor, project_id: str) -> list[dict[str, Any]]:
     cards = []
-    for route in sorted(supervisor.routes.values(), key=lambda r: r.model_id):
+    for route in sorted(supervisor.routes_of(project_id), key=lambda r: r.model_id):
         spec = supervisor.specs.get(route.deployment_id)
         cards.append(
             {
@@ -207,11 +211,12 @@ async def _proxy(request: Request, path: str) -> Response:
     started = time.perf_counter()
     model = "-"
     grounding: kbs_routes.Grounding | None = None
+    project_id = principal_of(request).project_id
     try:
         payload = _parse_body(await request.body())
         model = payload["model"]
         if path == "/v1/chat/completions" and "knowledge_base" in payload:
-            model = supervisor.route(model).model_id  # an unknown model fails before retrieval
+            model = supervisor.route(model, project_id).model_id  # unknown models fail before retrieval
             if payload.get("knowledge_base") is not None:
                 grounding = await kbs_routes.ground(request, payload)
             payload.pop("knowledge_base", None)
@@ -219,7 +224,7 @@ async def _proxy(request: Request, path: str) -> Response:
                 resp = kbs_routes.not_found_response(grounding, model, bool(payload.get("stream")))
                 metrics.requests.labels(model, endpoint, str(resp.status_code)).inc()
                 return resp
-        route, replica = supervisor.pick(model)
+        route, replica = supervisor.pick(model, project_id)
         model = route.model_id
         payload["model"] = route.model_id  # the worker matches ids exactly; clients may vary case
         body = json.dumps(payload, ensure_ascii=False).encode()
@@ -283,7 +288,7 @@ async def _send(
             replica.outstanding -= 1
             supervisor.mark_unreachable(replica)
             if attempt == 0:
-                route, replica = supervisor.pick(route.model_id)  # UnavailableError if none is left
+                route, replica = supervisor.pick(route.model_id, route.project_id)  # or UnavailableError
         except httpx.HTTPError as exc:
             replica.outstanding -= 1
             supervisor.mark_unreachable(replica)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from onebox.api.auth import onebox_for
 from onebox.services import deployments
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
@@ -95,7 +96,7 @@ def _with_runtime(request: Request, d: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _write(request: Request, fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
-    out = await asyncio.to_thread(fn, request.app.state.onebox, *args, **kw)
+    out = await asyncio.to_thread(fn, onebox_for(request), *args, **kw)
     if request.app.state.supervisor is not None:
         request.app.state.supervisor.wake()
     return _with_runtime(request, out)
@@ -103,7 +104,7 @@ async def _write(request: Request, fn: Any, *args: Any, **kw: Any) -> dict[str, 
 
 @router.get("", response_model=list[DeploymentOut], summary="List deployments")
 async def list_deployments(request: Request) -> list[dict[str, Any]]:
-    rows = await asyncio.to_thread(deployments.list_deployments, request.app.state.onebox)
+    rows = await asyncio.to_thread(deployments.list_deployments, onebox_for(request))
     return [_with_runtime(request, d) for d in rows]
 
 
@@ -122,7 +123,7 @@ async def create_deployment(request: Request, body: DeployIn) -> dict[str, Any]:
 
 @router.get("/{name}", response_model=DeploymentOut, summary="Show a deployment with replicas and events")
 async def show_deployment(request: Request, name: str) -> dict[str, Any]:
-    d = await asyncio.to_thread(deployments.show, request.app.state.onebox, name)
+    d = await asyncio.to_thread(deployments.show, onebox_for(request), name)
     return _with_runtime(request, d)
 
 

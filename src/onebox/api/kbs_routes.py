@@ -31,6 +31,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from onebox.api.auth import onebox_for, principal_of
 from onebox.errors import InputTooLargeError, InvalidInputError, OneboxError, Problem
 from onebox.services import kbs
 
@@ -206,7 +207,7 @@ class AskOut(BaseModel):
 
 
 async def _call(request: Request, fn: Any, *args: Any, **kw: Any) -> Any:
-    return await asyncio.to_thread(fn, request.app.state.onebox, *args, **kw)
+    return await asyncio.to_thread(fn, onebox_for(request), *args, **kw)
 
 
 def deployed_generator(request: Request, model: str, max_tokens: int) -> kbs.Generate | None:
@@ -215,12 +216,12 @@ def deployed_generator(request: Request, model: str, max_tokens: int) -> kbs.Gen
     if sup is None:
         return None
     try:
-        route, _ = sup.pick(model)
+        route, _ = sup.pick(model, principal_of(request).project_id)
     except OneboxError:
         return None
 
     def generate(messages: list[dict[str, str]]) -> str:
-        _, replica = sup.pick(route.model_id)
+        _, replica = sup.pick(route.model_id, route.project_id)
         replica.outstanding += 1
         try:
             return kbs.http_generator(replica.url, route.model_id, max_tokens=max_tokens)(messages)
@@ -366,7 +367,7 @@ async def upload_documents(request: Request, kb: str) -> dict[str, Any]:
         )
     tags = [t for v in fields.get("tags", []) for t in v.split(",")] if "tags" in fields else None
     sync, ocr = _flag(fields, "sync", False), _flag(fields, "ocr", True)
-    onebox = request.app.state.onebox
+    onebox = onebox_for(request)
     staging = Path(tempfile.mkdtemp(dir=onebox.staging_dir, prefix="kb-upload-"))
     try:
         items = []
@@ -398,7 +399,7 @@ async def search(request: Request, kb: str, body: SearchIn) -> list[dict[str, An
 @router.post("/{kb}/ask", response_model=AskOut, summary="Answer a question with citations")
 async def ask(request: Request, kb: str, body: AskIn) -> dict[str, Any]:
     flt = body.filter.to_filter()
-    onebox = request.app.state.onebox
+    onebox = onebox_for(request)
     model = body.model or await asyncio.to_thread(kbs.chat_model, onebox, kb)
     generate = deployed_generator(request, model, body.max_tokens)
     out: dict[str, Any] = await asyncio.to_thread(

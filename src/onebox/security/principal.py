@@ -64,6 +64,8 @@ class Principal:
     """Key scopes; empty means the role's full permissions."""
     source: str = ""
     """Where the request came from (client address, ``local``)."""
+    password_change_required: bool = False
+    """A console login with a generated or reset password: nothing else is allowed until it changes."""
 
     @property
     def permissions(self) -> frozenset[str]:

@@ -53,6 +53,22 @@ class App:
             project = get_project(s, self.settings.project)
             return local_principal(project.id, project.name)
 
+    def audit_log_denied(
+        self, action: str, resource_id: str, source: str, reason: str, **details: object
+    ) -> None:
+        """A failed authentication: there is no principal, only what the caller claimed."""
+        self.audit_log.append(
+            AuditEntry(
+                action=action,
+                actor="anonymous",
+                outcome="denied",
+                resource_type="api_key" if action == "auth.key" else "user",
+                resource_id=resource_id,
+                source=source,
+                details={"reason": reason, **details},
+            )
+        )
+
     @cached_property
     def audit_log(self) -> AuditLog:
         key = load_or_create(self.settings.secrets_dir / "audit.key")
@@ -93,7 +109,11 @@ def open_app(settings: Settings | None = None, *, migrate: bool = True) -> App:
         db.migrate()
     elif not is_initialised(db.engine):
         raise StoreError(f"onebox is not initialised at {settings.db_url}; run `onebox init` first")
-    blobs = BlobStore(backend_from_url(settings.artifacts_url), settings.cache_dir / "checkouts")
+    from onebox.security.envelope import codec_for  # encryption at rest: plain unless a key is set
+
+    blobs = BlobStore(
+        backend_from_url(settings.artifacts_url), settings.cache_dir / "checkouts", codec_for(settings)
+    )
     app = App(settings, db, blobs)
     from onebox.services.projects import ensure_project
 
