@@ -252,6 +252,15 @@ def deploy(
                     problems=[Problem("name", f"{dep_name!r} is also an adapter's name", "pass --name")],
                 )
             served[a_name] = a_ref
+        # Use policies of the base and of every adapter, checked with the deployer's identity.
+        from onebox.services import policies
+
+        adapter_ids = [
+            _adapter_version(s, pid, parse_ref(a_ref, "adapter"), base, "adapter").id
+            for a_ref in served.values()
+        ]
+        for version_id in [base.id, *adapter_ids]:
+            policies.enforce(app, "model_version", version_id, "model.deploy")
         dep = Deployment(
             id=new_id("dep"),
             project_id=pid,
@@ -420,6 +429,10 @@ def add_adapter(app: App, name: str, ref: str) -> dict[str, Any]:
             )
         base = s.get_one(ModelVersion, dep.model_version_id)
         a_name, a_ref = _adapter_entry(s, pid, ref, base, "adapter")
+        from onebox.services import policies
+
+        adapter = _adapter_version(s, pid, parse_ref(a_ref, "adapter"), base, "adapter")
+        policies.enforce(app, "model_version", adapter.id, "model.deploy")
         current = dict(dep.config.get("adapters", {}))
         if name_key(a_name) not in {name_key(n) for n in current}:
             _check_free(_served_ids(s, pid, exclude=dep.id), a_name, "adapter")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,7 @@ def register(
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     progress: ProgressFn = null_progress,
+    on_created: Callable[[Session, ModelVersion], None] | None = None,
 ) -> Registered:
     """Register ``source`` (HF dir, GGUF file or hub id) as a new immutable version of ``name``."""
     validate_name(name, "name")
@@ -238,6 +241,8 @@ def register(
                 s.add(mv)
                 s.flush()
                 add_refs(s, OWNER, mv.id, [manifest_blob, *(f for f in _blob_infos(manifest))])
+                if on_created is not None:  # e.g. a sealed import's policy, in the same transaction
+                    on_created(s, mv)
                 events.record(
                     s,
                     project_id=pid,
@@ -552,10 +557,53 @@ def delete(app: App, ref: str) -> list[str]:
 
 
 def checkout(app: App, ref: str, progress: ProgressFn = null_progress) -> Path:
-    """A verified local directory holding the version's files, ready for transformers."""
+    """A verified local directory holding the version's files, ready for transformers.
+
+    Every load (deployment workers, training and evaluation jobs, knowledge-base embedders) goes
+    through here, so this is where a use policy's *when* and *where* are enforced for loads; the
+    *who* was checked where the action began (deploy, train submit)."""
+    from onebox.services import policies
+
     with app.db.session() as s:
         mv = resolve(s, _project_id(s, app), ref)
-        digest = mv.manifest_digest
+        digest, version_id = mv.manifest_digest, mv.id
     if digest is None:
         raise NotFoundError(f"{ref} has no stored files")
+    policies.enforce(app, OWNER, version_id, "model.load", identity=False)
     return app.blobs.checkout(digest, progress=progress)
+
+
+def export(
+    app: App,
+    ref: str,
+    dest: Path,
+    *,
+    now: datetime | None = None,
+    fingerprint: str | None = None,
+    progress: ProgressFn = null_progress,
+) -> dict[str, Any]:
+    """Write the version's plaintext files into ``dest`` (new or empty folder): a *download*,
+    so the use policy is enforced with the caller's identity and the copy is always audited."""
+    from onebox.services import policies
+
+    dest = Path(dest).expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InvalidInputError(
+            f"{dest} exists and is not an empty folder",
+            problems=[Problem("to", "must be a new or empty folder", "choose another path")],
+        )
+    with app.db.session() as s:
+        mv = resolve(s, _project_id(s, app), ref)
+        label, digest, version_id = f"{mv.model.name}:{mv.version}", mv.manifest_digest, mv.id
+    if digest is None:
+        raise NotFoundError(f"{ref} has no stored files")
+    policies.enforce(
+        app, OWNER, version_id, "model.download", audit_always=True, now=now, fingerprint=fingerprint
+    )
+    manifest = app.blobs.read_manifest(digest)
+    done = 0
+    for entry in manifest.files:
+        app.blobs.export_file(entry.digest, dest / entry.path)  # verified, atomic per file
+        done += entry.size
+        progress("export", done, manifest.total_size)
+    return {"ref": label, "to": str(dest), "files": len(manifest.files), "size_bytes": manifest.total_size}

@@ -127,6 +127,10 @@ def submit_train(
         mv_id, dv_id = mv.id, dv.id
         size_bytes = mv.size_bytes
         model_config = _base_config(app, mv)
+    from onebox.services import policies
+
+    policies.enforce(app, "model_version", mv_id, "model.train")
+    policies.enforce(app, "dataset_version", dv_id, "dataset.train")
     config.validate(model_config=model_config)
     preflight(model_config, config, weight_bytes=size_bytes)
     spec = {
@@ -163,6 +167,10 @@ def run_train_job(ctx: Any) -> dict[str, Any]:
     shutil.rmtree(inputs, ignore_errors=True)
     inputs.mkdir(parents=True)
     ctx.log.info("checking out %s and %s", spec["base"], spec["data"])
+    from onebox.services import policies
+
+    # The submitter's identity was checked at submit; when and where still hold at run time.
+    policies.enforce(app, "dataset_version", spec["dataset_version_id"], "dataset.load", identity=False)
     base_dir = models.checkout(app, spec["base"])
     train_file = datasets.split_path(app, spec["data"], "train", inputs)
     val_file = datasets.split_path(app, spec["data"], "validation", inputs)
