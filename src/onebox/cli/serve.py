@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -110,22 +111,48 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate (chain): serve HTTPS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-client-ca", help="PEM CA bundle: require client certificates it signed (mTLS)."),
+    ] = None,
 ) -> None:
     """Run the gateway: OpenAI-compatible /v1, control plane /api/v1, and the deployments' workers.
 
-    Ctrl-C stops the workers and the gateway."""
+    With --tls-cert and --tls-key it serves HTTPS (checked before anything starts); add
+    --tls-client-ca to admit only clients with a certificate from that CA. Ctrl-C stops the
+    workers and the gateway."""
     import uvicorn
 
     from onebox.api.app import create_app
+    from onebox.security.tls import is_loopback, tls_options
     from onebox.serve.supervisor import is_running
 
+    tls, warnings = tls_options(tls_cert, tls_key, tls_client_ca)
     if is_running(settings()):
         from onebox.errors import ConflictError
 
         raise ConflictError(f"a onebox server already runs the deployments of {settings().home}")
-    err_console.print(f"onebox gateway on http://{host}:{port} (docs at /docs); Ctrl-C stops it")
+    if not tls and not is_loopback(host):
+        warnings.append(
+            f"serving plain HTTP on {host}: API keys, passwords and data cross the network unencrypted; "
+            "pass --tls-cert and --tls-key"
+        )
+    for w in warnings:
+        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+    scheme = "https" if tls else "http"
+    mtls = " (client certificates required)" if tls_client_ca else ""
+    err_console.print(f"onebox gateway on {scheme}://{host}:{port}{mtls} (docs at /docs); Ctrl-C stops it")
     uvicorn.run(
-        create_app(settings()), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30
+        create_app(settings()),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        **tls,
     )
 
 
