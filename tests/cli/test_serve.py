@@ -116,9 +116,21 @@ def test_serve_deploy_wait_chat_ctrl_c(builtin_home_copy: Path) -> None:
     port = 18000 + os.getpid() % 1000
     url = f"http://127.0.0.1:{port}"
     log = (builtin_home_copy / "serve.log").open("wb")
+    made = subprocess.run(  # the admin was created by `onebox init`
+        [*onebox, "keys", "create", "--user", "admin", "--name", "chat", "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    no_key = dict(env)
+    env["ONEBOX_API_KEY"] = json.loads(made.stdout)["secret"]
     server = subprocess.Popen([*onebox, "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
     try:
         _wait(lambda: _up(url), 60, "gateway")
+        refused = subprocess.run(
+            [*onebox, "chat", "smol", "--url", url], input="/exit\n", env=no_key, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        assert refused.returncode == 12 and "ONEBOX_API_KEY" in refused.stderr, refused.stderr
         out = subprocess.run(
             [*onebox, "deploy", "smollm2-135m-instruct", "--name", "smol", "--max-model-len", "512", "--json"],  # noqa: E501
             env=env, capture_output=True, text=True, timeout=600,

@@ -153,17 +153,24 @@ class AuditLog:
 
     # -- the head file ---------------------------------------------------------------------------
     def _advance_head(self, seq: int, digest: str) -> None:
+        """Move the head forward (never back: writers may finish out of order). Written by rename,
+        so a copied home whose files are hard links never shares its head with the original."""
         self.head_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "r+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            current = _parse_head(fh.read())
-            if current is None or seq > current[0]:
-                fh.seek(0)
-                fh.truncate()
+        lock = os.open(self.head_path.with_name(self.head_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.head()
+            if current is not None and seq <= current[0]:
+                return
+            tmp = self.head_path.with_name(f".{self.head_path.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
                 fh.write(f"{seq} {digest}\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.replace(tmp, self.head_path)
+        finally:
+            os.close(lock)
 
     def head(self) -> tuple[int, str] | None:
         with contextlib.suppress(FileNotFoundError):

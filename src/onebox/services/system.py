@@ -1,4 +1,5 @@
-"""First-run setup: create the home folder, migrate the store, install the built-in models."""
+"""First-run setup: create the home folder, migrate the store, install the built-in models, and
+create the first administrator (never with a default password)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from onebox.config import Settings
 from onebox.models.catalog import CATALOG
 from onebox.progress import ProgressFn, null_progress
-from onebox.services import models
+from onebox.services import identity, models
 from onebox.services.context import App, open_app
 from onebox.store.db import current_revision
 
@@ -26,6 +27,7 @@ def init(
         for key in CATALOG:
             reg = models.install_builtin(app, key, progress=progress_for(key))
             installed.append({"name": key, "version": reg.version.version, "created": reg.created})
+    admin = identity.bootstrap_admin(app)
     return app, {
         "home": str(settings.home),
         "database": settings.db_url,
@@ -33,4 +35,9 @@ def init(
         "schema_revision": current_revision(app.db.engine),
         "project": settings.project,
         "builtins": installed,
+        "admin": {
+            "created": admin["created"],
+            "username": admin["user"]["username"] if admin["created"] else None,
+            "password": admin.get("password"),
+        },
     }
