@@ -17,9 +17,7 @@ from rich.table import Table
 
 from onebox import __version__
 from onebox.cli import audit as audit_cli
-from onebox.cli import audit as audit_cli
 from onebox.cli import data as data_cli
-from onebox.cli import identity as identity_cli
 from onebox.cli import encryption as encryption_cli
 from onebox.cli import host as host_cli
 from onebox.cli import identity as identity_cli
@@ -46,10 +44,6 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(jobs_cli.app, name="jobs")
 app.add_typer(kb_cli.app, name="kb")
-app.add_typer(identity_cli.users_app, name="users")
-app.add_typer(identity_cli.projects_app, name="projects")
-app.add_typer(identity_cli.keys_app, name="keys")
-app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policies_cli.app, name="policies")
 app.add_typer(host_cli.app, name="host")
 app.add_typer(identity_cli.users_app, name="users")
@@ -98,14 +92,6 @@ def init(
     for b in info["builtins"]:
         state = "installed" if b["created"] else "already installed"
         console.print(f"  model      {b['name']}:{b['version']} {state}")
-    admin = info["admin"]
-    if admin["created"]:
-        console.print(f"  admin      {admin['username']} created")
-        if admin["password"]:
-            console.print(
-                f"             generated password [bold]{admin['password']}[/] (shown once; "
-                "change it at first login, or set ONEBOX_ADMIN_PASSWORD before `onebox init`)"
-            )
     admin = info["admin"]
     if admin["created"]:
         console.print(f"  admin      {admin['username']} created")
