@@ -356,11 +356,23 @@ def chat_command(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="ONEBOX_API_KEY", help="API key (obx_...); env ONEBOX_API_KEY.")
+    ] = None,
 ) -> None:
     """Chat with a served model in the terminal (streamed). /reset forgets the history, /exit quits."""
-    client = httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(10.0, read=600.0))
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(10.0, read=600.0), headers=headers)
     try:
-        ids = [m["id"] for m in client.get("/v1/models").raise_for_status().json()["data"]]
+        resp = client.get("/v1/models")
+        if resp.status_code in (401, 403):
+            from onebox.errors import AuthenticationError
+
+            raise AuthenticationError(
+                f"{url} refused the credentials: {_api_error(resp)}; pass --api-key or set ONEBOX_API_KEY "
+                "(create one with `onebox keys create --user <you>`)"
+            )
+        ids = [m["id"] for m in resp.raise_for_status().json()["data"]]
     except httpx.HTTPError as exc:
         raise UnavailableError(
             f"no onebox server answers at {url} ({type(exc).__name__}); start one with `onebox serve`"
