@@ -45,9 +45,12 @@ def write_examples(path: Path, examples: list[Example]) -> None:
 
 def read_examples(path: Path) -> list[Example]:
     """Read a file written by :func:`write_examples`; anything else raises InvalidInputError."""
+    from onebox.security.sealed import read_pointer
+
     path = Path(path)
     try:
-        table = pq.read_table(path)
+        sealed = read_pointer(path)  # an encrypted store's shard: decrypted into memory, no file
+        table = pq.read_table(pa.BufferReader(sealed) if sealed is not None else path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InvalidInputError(
             f"{path.name} is not a readable Parquet file: {exc}", problems=[Problem("parquet", str(exc))]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from onebox.engine.kv_cache import KVCache
-from onebox.errors import ModelLoadError
+from onebox.errors import ModelLoadError, OneboxError
 
 SUPPORTED = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 
@@ -94,6 +94,9 @@ class ArchConfig:
 
 def _load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
+    from safetensors.torch import load as load_safetensors_bytes
+
+    from onebox.security.sealed import read_pointer
 
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
@@ -101,9 +104,15 @@ def _load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     try:
         for f in files:
+            sealed = read_pointer(f)  # an encrypted store's weights: decrypted in memory, no file
+            if sealed is not None:
+                out.update(load_safetensors_bytes(sealed))
+                continue
             with safe_open(str(f), framework="pt") as fh:
                 for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
                     out[key] = fh.get_tensor(key)
+    except OneboxError:
+        raise
     except Exception as exc:  # safetensors raises its own error types
         raise ModelLoadError(f"cannot read weights in {model_dir}: {exc}") from exc
     return out

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,27 @@ def _in_size(cfg: ArchConfig, fused: str) -> int:
     )
 
 
+def _tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of one safetensors file; a sealed pointer (encrypted store) is decrypted in
+    memory, so adapter weights never exist as a plaintext file."""
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    from onebox.security.sealed import read_pointer
+
+    data = read_pointer(path)
+    if data is not None:
+        yield from load(data).items()
+        return
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+            yield key, fh.get_tensor(key)
+
+
 def load_adapter(
     name: str, path: Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device, max_rank: int
 ) -> Adapter:
     """Read a PEFT LoRA directory and check it fits the base; all problems reported at once."""
-    from safetensors import safe_open
-
     errs = ErrorList()
     conf_path = path / "adapter_config.json"
     try:
@@ -101,13 +117,12 @@ def load_adapter(
         raise InvalidInputError(f"{path} has no adapter_model.safetensors")
     raw: dict[tuple[int, str, str], torch.Tensor] = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            for key in fh.keys():  # noqa: SIM118
-                m = _KEY.search(key)
-                if m is None:
-                    errs.add("weights", f"unexpected tensor {key}")
-                    continue
-                raw[(int(m.group(1)), m.group(2), m.group(3))] = fh.get_tensor(key)
+        for key, tensor in _tensors(f):
+            m = _KEY.search(key)
+            if m is None:
+                errs.add("weights", f"unexpected tensor {key}")
+                continue
+            raw[(int(m.group(1)), m.group(2), m.group(3))] = tensor
     alpha = float(conf.get("lora_alpha", 8))
     alpha_pattern: dict[str, float] = conf.get("alpha_pattern") or {}
     rslora = bool(conf.get("use_rslora"))

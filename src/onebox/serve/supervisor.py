@@ -411,7 +411,9 @@ class Supervisor:
                 if r.adapters.get(a.name) == a.version_id or r.adapter_failures.get(a.name) == a.version_id:
                     continue
                 try:
-                    path = await asyncio.to_thread(models.checkout, self.app, a.version_ref)
+                    path = await asyncio.to_thread(
+                        models.checkout, self.app, a.version_ref, weights_in_memory=True
+                    )
                     resp = await self._http.post(
                         f"{r.url}/internal/adapters", json={"name": a.name, "path": str(path)}, timeout=120
                     )

@@ -77,7 +77,9 @@ def build_asgi(deployment_id: str, adapters: dict[str, str] | None = None) -> An
         spec = deployments.worker_spec(app, deployment_id)
         app = app.in_project(deployments.project_name(app, spec.project_id))  # resolve refs where it lives
         log.info("deployment %s: checking out %s", spec.name, spec.model_ref)
-        model_dir = models.checkout(app, spec.model_ref)
+        # The text engine reads weights through sealed pointers (in memory) when the store is
+        # encrypted; the embedding engine is transformers-based and needs real files.
+        model_dir = models.checkout(app, spec.model_ref, weights_in_memory=spec.kind != "embedding")
         if spec.kind == "embedding":
             from onebox.engine.embeddings import EmbeddingEngine
 
@@ -92,7 +94,7 @@ def build_asgi(deployment_id: str, adapters: dict[str, str] | None = None) -> An
         paths: dict[str, Path] = {}
         for name, ref in refs.items():
             log.info("checking out adapter %s (%s)", name, ref)
-            paths[name] = models.checkout(app, ref)
+            paths[name] = models.checkout(app, ref, weights_in_memory=True)
         from onebox.engine.config import engine_config
         from onebox.serve.textgen import build_text_service
 

@@ -103,7 +103,9 @@ def import_file(
     if not path.is_file():
         raise InvalidInputError(f"{path} is not a file", problems=[Problem("path", "no such file")])
     options = options or ImportOptions(max_bytes=app.settings.max_import_bytes)
-    staging = Path(tempfile.mkdtemp(dir=app.staging_dir, prefix="data-"))
+    from onebox.services.encryption import scratch_dir  # plaintext temporaries stay off disk
+
+    staging = Path(tempfile.mkdtemp(dir=scratch_dir(app), prefix="data-"))
     try:
         prepared = prepare(path, staging / "out", options, progress)
         try:
@@ -307,7 +309,7 @@ def preview(app: App, ref: str, split: str = "train", limit: int = 5) -> list[di
     tmp = Path(tempfile.mkdtemp(dir=app.staging_dir, prefix="preview-"))
     try:
         target = tmp / f"{split}.parquet"
-        app.blobs.export_file(files[f"{split}.parquet"]["digest"], target)
+        app.blobs.materialize(files[f"{split}.parquet"]["digest"], target)
         rows = read_examples(target)[:limit]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -320,11 +322,11 @@ def preview(app: App, ref: str, split: str = "train", limit: int = 5) -> list[di
 
 
 def split_path(app: App, ref: str, split: str, dest_dir: Path) -> Path:
-    """Export one split's Parquet file (verified) for a trainer to read."""
+    """Export one split's Parquet file (verified) for a trainer to read; with encryption at rest
+    a sealed pointer that ``read_examples`` decrypts into memory."""
     _, files = _manifest(app, ref)
     dest = Path(dest_dir) / f"{split}.parquet"
-    app.blobs.export_file(files[f"{split}.parquet"]["digest"], dest)
-    return dest
+    return app.blobs.materialize(files[f"{split}.parquet"]["digest"], dest)
 
 
 def delete(app: App, ref: str) -> list[str]:

@@ -171,7 +171,9 @@ def register(
                 f"a model named {existing.name!r} already exists; add a version to it with "
                 f"`onebox models register {existing.name} <source> --new-version` or choose another name"
             )
-    staging = Path(tempfile.mkdtemp(dir=app.staging_dir, prefix="model-"))
+    from onebox.services.encryption import scratch_dir  # plaintext temporaries stay off disk
+
+    staging = Path(tempfile.mkdtemp(dir=scratch_dir(app), prefix="model-"))
     try:
         path, facts, extra = _stage(app, source, staging, progress)
         kind = kind or facts.kind
@@ -556,8 +558,13 @@ def delete(app: App, ref: str) -> list[str]:
         return [f"{model.name}:{mv.version}" for mv in targets]
 
 
-def checkout(app: App, ref: str, progress: ProgressFn = null_progress) -> Path:
+def checkout(
+    app: App, ref: str, progress: ProgressFn = null_progress, *, weights_in_memory: bool = False
+) -> Path:
     """A verified local directory holding the version's files, ready for transformers.
+
+    With encryption at rest it lies in a private memory-backed folder; ``weights_in_memory``
+    (the serving engine) leaves weight files as sealed pointers decrypted straight into memory.
 
     Every load (deployment workers, training and evaluation jobs, knowledge-base embedders) goes
     through here, so this is where a use policy's *when* and *where* are enforced for loads; the
@@ -570,7 +577,7 @@ def checkout(app: App, ref: str, progress: ProgressFn = null_progress) -> Path:
     if digest is None:
         raise NotFoundError(f"{ref} has no stored files")
     policies.enforce(app, OWNER, version_id, "model.load", identity=False)
-    return app.blobs.checkout(digest, progress=progress)
+    return app.blobs.checkout(digest, progress=progress, weights_in_memory=weights_in_memory)
 
 
 def export(

@@ -24,6 +24,9 @@ from onebox.progress import ProgressFn, null_progress
 from onebox.store.backends import BlobBackend
 from onebox.store.codec import CHUNK, BlobCodec, PlainCodec
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".parquet")
+"""Files a checkout with ``weights_in_memory`` leaves sealed when the store is encrypted."""
+
 MANIFEST_VERSION = 1
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".cache", "__pycache__"})
 
@@ -98,6 +101,16 @@ class BlobStore:
         self.backend = backend
         self.codec: BlobCodec = codec or PlainCodec()
         self.checkout_root = Path(checkout_root)
+        if not self.codec.transparent:
+            from onebox.security import sealed
+
+            sealed.set_reader(self.read_bytes)  # sealed pointers in this process decrypt through us
+
+    @property
+    def private(self) -> bool:
+        """True when stored bytes are not the plaintext (encryption): nothing plaintext may be
+        written under the home folder, so checkouts go to a private memory-backed folder."""
+        return not self.codec.transparent
 
     # -- writing -------------------------------------------------------------------------------
     def put_file(self, path: Path, progress: ProgressFn = null_progress) -> BlobInfo:
@@ -228,11 +241,45 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
+    def materialize(self, digest: str, dest: Path) -> Path:
+        """Give a reader in this process ``dest`` to open: a verified copy for a plaintext store; a
+        sealed pointer (decrypted in memory by its reader) when the store is encrypted."""
+        if not self.private:
+            self.export_file(digest, dest)
+            return dest
+        from onebox.security import sealed
+
+        if not self.exists(digest):
+            raise ArtifactMissingError(f"blob {digest} is missing", digest=digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sealed.write_pointer(dest, digest, -1)
+        return dest
+
     def checkout(
-        self, manifest_digest: str, *, verify_existing: bool = True, progress: ProgressFn = null_progress
+        self,
+        manifest_digest: str,
+        *,
+        verify_existing: bool = True,
+        progress: ProgressFn = null_progress,
+        weights_in_memory: bool = False,
     ) -> Path:
-        """Materialise a stored tree as a read-only directory (cached by manifest digest)."""
-        final = self.checkout_root / manifest_digest
+        """Materialise a stored tree as a read-only directory (cached by manifest digest).
+
+        With an encrypted store the directory lies in this process's private memory-backed folder
+        (never under the home folder), and with ``weights_in_memory`` its weight and Parquet files
+        are sealed pointers that the engine and dataset readers decrypt straight into memory.
+        """
+        root = self.checkout_root
+        sealed_suffixes: tuple[str, ...] = ()
+        name = manifest_digest
+        if self.private:
+            from onebox.security.sealed import private_dir
+
+            root = private_dir() / "checkouts"
+            if weights_in_memory:
+                sealed_suffixes = WEIGHT_SUFFIXES
+                name = f"{manifest_digest}-sealed"
+        final = root / name
         manifest = self.read_manifest(manifest_digest)
         if final.is_dir():
             if not verify_existing:
@@ -242,16 +289,19 @@ class BlobStore:
                 return final
             except ArtifactCorruptedError:
                 shutil.rmtree(final, ignore_errors=True)  # rebuilt below from verified blobs
-        self.checkout_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.checkout_root, prefix=f".{manifest_digest[:12]}-"))
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{manifest_digest[:12]}-"))
         try:
             done = 0
             for entry in manifest.files:
                 dest = tmp / entry.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                # A copy, never a hard link: a process writing into a checkout must not be able
-                # to damage the only stored copy of a blob.
-                self.export_file(entry.digest, dest)
+                if entry.path.endswith(sealed_suffixes):  # () matches nothing
+                    self.materialize(entry.digest, dest)
+                else:
+                    # A copy, never a hard link: a process writing into a checkout must not be
+                    # able to damage the only stored copy of a blob.
+                    self.export_file(entry.digest, dest)
                 done += entry.size
                 progress("checkout", done, manifest.total_size)
             try:
@@ -266,6 +316,11 @@ class BlobStore:
     def _verify_dir(self, root: Path, manifest: Manifest) -> None:
         for entry in manifest.files:
             p = root / entry.path
+            if self.private:
+                from onebox.security.sealed import pointer_digest
+
+                if pointer_digest(p) == entry.digest:
+                    continue
             if not p.is_file() or sha256_file(p).digest != entry.digest:
                 raise ArtifactCorruptedError(f"checkout {root} differs from its manifest at {entry.path}")
 
