@@ -19,7 +19,6 @@ from onebox import __version__
 from onebox.cli import audit as audit_cli
 from onebox.cli import data as data_cli
 from onebox.cli import encryption as encryption_cli
-from onebox.cli import encryption as encryption_cli
 from onebox.cli import host as host_cli
 from onebox.cli import identity as identity_cli
 from onebox.cli import jobs as jobs_cli
@@ -45,7 +44,6 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(jobs_cli.app, name="jobs")
 app.add_typer(kb_cli.app, name="kb")
-app.add_typer(encryption_cli.app, name="encryption")
 app.add_typer(policies_cli.app, name="policies")
 app.add_typer(host_cli.app, name="host")
 app.add_typer(identity_cli.users_app, name="users")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -158,3 +159,98 @@ def delete(
         print_json({"deleted": gone})
     else:
         console.print(f"deleted {', '.join(gone)}; run `onebox gc` to free the space")
+
+
+@app.command()
+def export(
+    ref: Annotated[str, typer.Argument(help="name:VERSION, name@ALIAS or name (latest).")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to write into (created; must be empty).")],
+    sealed_: Annotated[
+        bool, typer.Option("--sealed", help="Write an encrypted package and a signed licence for one host.")
+    ] = False,
+    to_host: Annotated[
+        str | None,
+        typer.Option(help="With --sealed: the target's host id (`onebox host fingerprint` there)."),
+    ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(help="With --sealed: last day of use, 2026-12-31 (UTC), or an ISO date-time."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a version: plaintext files (a download), or --sealed for one host until a date."""
+    from onebox.errors import InvalidInputError, Problem
+    from onebox.services import sealed
+
+    if sealed_:
+        missing = [
+            Problem(f, "is required with --sealed", hint)
+            for f, v, hint in (
+                ("to_host", to_host, "pass --to-host <host id from `onebox host fingerprint` on the target>"),
+                ("expires", expires, "pass --expires 2026-12-31"),
+            )
+            if not v
+        ]
+        if missing:
+            raise InvalidInputError("a sealed export needs a target host and an expiry", problems=missing)
+        assert to_host is not None and expires is not None
+        with progress_bar(enabled=not json_out) as progress:
+            out = sealed.export_sealed(
+                get_app(), ref, to_host=to_host, expires=expires, dest_dir=to, progress=progress
+            )
+        if json_out:
+            print_json(out)
+            return
+        console.print(f"[green]sealed[/] {out['ref']} for {out['to_host'][:48]}… until {out['expires']}")
+        console.print(f"  package  {out['package']} ({human_size(out['size_bytes'])})", highlight=False)
+        console.print(f"  licence  {out['licence']} ({out['licence_id']})", highlight=False)
+        console.print(f"  issuer   {out['issuer']}  (the importer must trust this key)", highlight=False)
+        return
+    if to_host or expires:
+        raise InvalidInputError(
+            "--to-host and --expires apply to sealed exports",
+            problems=[Problem("sealed", "not given", "add --sealed, or drop --to-host/--expires")],
+        )
+    with progress_bar(enabled=not json_out) as progress:
+        out = models.export(get_app(), ref, to, progress=progress)
+    if json_out:
+        print_json(out)
+        return
+    console.print(
+        f"exported {out['ref']}: {out['files']} files, {human_size(out['size_bytes'])} to {out['to']}",
+        highlight=False,
+    )
+
+
+@app.command("import-sealed")
+def import_sealed(
+    package: Annotated[Path, typer.Argument(help="The .obxpkg file.")],
+    licence: Annotated[
+        Path | None, typer.Option(help="The licence (default: <package>.licence.json beside it).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Register under this name (default: the exported one).")
+    ] = None,
+    trust_issuer: Annotated[
+        str | None, typer.Option(help="Accept this issuer key for this import only (ed25519:...).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import a sealed package for this host; it stays usable here only, until its licence expires."""
+    from onebox.services import sealed
+
+    with progress_bar(enabled=not json_out) as progress:
+        out = sealed.import_sealed(
+            get_app(), package, licence, name=name, trust_issuer=trust_issuer, progress=progress
+        )
+    if json_out:
+        print_json(out)
+        return
+    if out["created"]:
+        console.print(
+            f"[green]imported[/] {out['ref']} (from {out['source']}), usable here until {out['expires']}"
+        )
+    elif out["licence_renewed"]:
+        console.print(f"{out['ref']} was already here; its licence now runs until {out['expires']}")
+    else:
+        console.print(f"identical content is already registered as {out['ref']}; nothing new was stored")
