@@ -338,3 +338,30 @@ def test_real_worker_killed_comes_back_and_scales(real: Gateway) -> None:
     assert [r["state"] for r in shown["replica_status"]] == ["ready", "ready"]
     for _ in range(4):
         assert c.chat.completions.create(model="smol", messages=msgs, max_tokens=4).choices
+
+
+def test_key_quota_429_with_retry_after_and_other_projects_see_no_models(gw: Gateway) -> None:
+    from onebox.services import apikeys, identity
+
+    onebox = gw.app.state.onebox  # the local operator
+    limited = apikeys.create_key(onebox, username="admin", name="limited", rpm=2)["secret"]
+    c = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=limited, max_retries=0)
+    msgs = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        raw = c.chat.completions.with_raw_response.create(model="tiny", messages=msgs)
+        assert raw.headers["x-ratelimit-limit-requests"] == "2"
+    with pytest.raises(openai.RateLimitError) as err:
+        c.chat.completions.create(model="tiny", messages=msgs)
+    assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
+    assert "requests per minute" in str(err.value)
+    # a key of another project: the same model names do not exist there
+    identity.create_project(onebox, "other-team")
+    identity.create_user(onebox, "olga", "olga-password-1", project="other-team", role="developer")
+    other = apikeys.create_key(onebox, username="olga", project="other-team")["secret"]
+    oc = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=other, max_retries=0)
+    assert oc.models.list().data == []
+    with pytest.raises(openai.NotFoundError) as nf:
+        oc.chat.completions.create(model="tiny", messages=msgs)
+    assert "tiny" in str(nf.value) and "available models: none" in str(nf.value)
+    r = gw.api("GET", "/api/v1/deployments", headers=bearer(other))
+    assert r.status_code == 200 and r.json() == []

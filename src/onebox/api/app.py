@@ -32,8 +32,10 @@ from onebox.api.auth import authorize, principal_of
 from onebox.api.deployments_routes import router as deployments_router
 from onebox.api.errors import error_response, install_error_handlers, openai_error_body
 from onebox.api.gateway_metrics import GatewayMetrics, StreamMeter
+from onebox.api.middleware import install_middleware
 from onebox.config import Settings, load_settings
 from onebox.errors import InvalidInputError, OneboxError, Problem, UnavailableError
+from onebox.security.quotas import LimitsCache, QuotaGate, Ticket, tokens_from_usage
 from onebox.serve.supervisor import Replica, Route, Supervisor
 from onebox.services.context import open_app
 
@@ -113,7 +115,10 @@ def create_app(
     app.state.onebox = onebox
     app.state.supervisor = supervisor
     app.state.metrics = metrics
+    app.state.quota_gate = QuotaGate()
+    app.state.quota_limits = LimitsCache(onebox.db)
     install_error_handlers(app, openai_shape_prefix="/v1")
+    install_middleware(app, settings)
     app.include_router(deployments_router)
     app.include_router(kbs_routes.router)
     app.include_router(identity_routes.router)
@@ -211,10 +216,14 @@ async def _proxy(request: Request, path: str) -> Response:
     started = time.perf_counter()
     model = "-"
     grounding: kbs_routes.Grounding | None = None
-    project_id = principal_of(request).project_id
+    principal = principal_of(request)
+    project_id = principal.project_id
+    ticket: Ticket | None = None
     try:
         payload = _parse_body(await request.body())
         model = payload["model"]
+        key_limits, project_limits = await asyncio.to_thread(app.state.quota_limits.get, principal)
+        ticket = app.state.quota_gate.admit(principal, key_limits, project_limits)
         if path == "/v1/chat/completions" and "knowledge_base" in payload:
             model = supervisor.route(model, project_id).model_id  # unknown models fail before retrieval
             if payload.get("knowledge_base") is not None:
@@ -238,9 +247,12 @@ async def _proxy(request: Request, path: str) -> Response:
         return Response(status_code=499)
     resp_replica, resp = upstream
     headers = {k: v for k, v in resp.headers.items() if k.lower() in PASS_HEADERS}
+    headers.update(ticket.headers if ticket is not None else {})
     if resp.headers.get("content-type", "").startswith("text/event-stream"):
         return StreamingResponse(
-            _relay(request, resp, resp_replica, supervisor, metrics, model, endpoint, started, grounding),
+            _relay(
+                request, resp, resp_replica, supervisor, metrics, model, endpoint, started, grounding, ticket
+            ),
             status_code=resp.status_code,
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -264,9 +276,14 @@ async def _proxy(request: Request, path: str) -> Response:
         await _close_upstream(resp, client_gone=gone)
     metrics.requests.labels(model, endpoint, str(resp.status_code)).inc()
     metrics.latency.labels(model, endpoint).observe(time.perf_counter() - started)
-    if resp.status_code == 200 and endpoint != "embeddings":
+    if resp.status_code == 200:
+        usage = None
         with contextlib.suppress(ValueError, AttributeError):
-            metrics.observe_usage(model, json.loads(content).get("usage"))
+            usage = json.loads(content).get("usage")
+        if endpoint != "embeddings":
+            metrics.observe_usage(model, usage)
+        if ticket is not None:
+            request.app.state.quota_gate.record_tokens(ticket, tokens_from_usage(usage))
     if grounding is not None and resp.status_code == 200:
         content = kbs_routes.decorate_body(grounding, content)
     return Response(content, status_code=resp.status_code, headers=headers)
@@ -345,6 +362,7 @@ async def _relay(
     endpoint: str,
     started: float,
     grounding: kbs_routes.Grounding | None = None,
+    ticket: Ticket | None = None,
 ) -> AsyncIterator[bytes]:
     """Pass SSE bytes through as they come; a worker lost mid-stream ends it with an error event.
     A grounded stream is passed event by event and ends with a chunk carrying the citations."""
@@ -384,3 +402,6 @@ async def _relay(
         metrics.requests.labels(model, endpoint, status).inc()
         metrics.latency.labels(model, endpoint).observe(time.perf_counter() - started)
         meter.finish()
+        if ticket is not None:  # streams without usage are charged their content chunks
+            tokens = tokens_from_usage(meter.usage, fallback=meter.token_chunks)
+            request.app.state.quota_gate.record_tokens(ticket, tokens)
