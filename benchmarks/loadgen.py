@@ -261,6 +261,7 @@ async def run_level(
     deadline_s: float = 600.0,
     request_timeout_s: float = 300.0,
     offset: int = 0,
+    headers: dict[str, str] | None = None,
 ) -> LevelResult:
     """Closed loop: ``streams`` clients, each sending its next request when the previous one ends.
 
@@ -274,7 +275,7 @@ async def run_level(
     results: list[RequestResult] = []
     counter = iter(range(requests))
 
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as client:
 
         async def worker() -> None:
             for i in counter:

@@ -295,7 +295,12 @@ def run_child(kind: str, args: argparse.Namespace, base_dir: Path, ids_file: Pat
 
 
 def drive(
-    name: str, base_url: str, model: str, prompts: list[list[dict[str, str]]], args: argparse.Namespace
+    name: str,
+    base_url: str,
+    model: str,
+    prompts: list[list[dict[str, str]]],
+    args: argparse.Namespace,
+    headers: dict[str, str] | None = None,
 ) -> dict[int, LevelResult]:
     """Warm the server up, then run every concurrency level against it, printing as it goes."""
 
@@ -303,7 +308,9 @@ def drive(
         # llama-server honours ignore_eos (min_tokens is ignored there); onebox takes both.
         return {"ignore_eos": True, "min_tokens": n}
 
-    warm = asyncio.run(run_level(base_url, model, prompts, 2, 2, 16, extra(16), deadline_s=120))
+    warm = asyncio.run(
+        run_level(base_url, model, prompts, 2, 2, 16, extra(16), deadline_s=120, headers=headers)
+    )
     if warm.ok == 0:
         raise RuntimeError(f"warm-up failed: {warm.first_error}")
     results = {}
@@ -319,6 +326,7 @@ def drive(
                 args.max_tokens,
                 extra(args.max_tokens),
                 args.level_timeout,
+                headers=headers,
             )
         )
         results[streams] = r
@@ -435,7 +443,26 @@ def run_onebox(
         cp = run_cmd(deploy, timeout=args.startup_timeout * 3, env=env)
         if cp.returncode != 0:
             raise RuntimeError(f"deploy failed (exit {cp.returncode}): {tail(cp.stderr or cp.stdout, 10)}")
-        levels = drive("onebox", base, args.deploy_name, prompts, args)
+        made = run_cmd(
+            [
+                *onebox_cmd(),
+                "keys",
+                "create",
+                "--user",
+                "admin",
+                "--name",
+                "bench",
+                "--expires-days",
+                "1",
+                "--json",
+            ],
+            timeout=120,
+            env=env,
+        )
+        if made.returncode != 0:
+            raise RuntimeError(f"could not create an API key: {tail(made.stderr or made.stdout, 10)}")
+        auth = {"Authorization": f"Bearer {json.loads(made.stdout)['secret']}"}
+        levels = drive("onebox", base, args.deploy_name, prompts, args, headers=auth)
     finally:
         if proc.poll() is None:
             run_cmd([*onebox_cmd(), "undeploy", args.deploy_name], timeout=60, env=env)

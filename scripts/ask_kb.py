@@ -9,6 +9,7 @@ passage the model was given, numbered as in the prompt).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -24,7 +25,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("question")
     args = ap.parse_args()
-    client = OpenAI(base_url=args.base_url, api_key="onebox-demo", timeout=600)
+    client = OpenAI(base_url=args.base_url, api_key=os.environ["ONEBOX_API_KEY"], timeout=600)
     t0 = time.perf_counter()
     chat = client.chat.completions.create(
         model=args.model,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ def main() -> int:
     ap.add_argument("--ids", nargs="+", default=["H003", "H008"], help="question ids to ask")
     args = ap.parse_args()
     rows = {r["id"]: r for r in map(json.loads, args.heldout.read_text(encoding="utf-8").splitlines()) if r}
-    client = OpenAI(base_url=args.base_url, api_key="onebox-demo")
+    client = OpenAI(base_url=args.base_url, api_key=os.environ["ONEBOX_API_KEY"])
     print("served models:", ", ".join(m.id for m in client.models.list().data))
     for qid in args.ids:
         row = rows[qid]

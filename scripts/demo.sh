@@ -12,6 +12,12 @@ die() { printf '\n\033[1;31mdemo failed: %s\033[0m\n' "$*" >&2; exit 1; }
 
 step "onebox init  (home: ${ONEBOX_HOME:-~/.onebox}; the first run converts SmolLM2 from GGUF once)"
 $ob init
+step "onebox keys create --user admin --name demo --expires-days 1  (init created the admin; the gateway admits only API keys)"
+ONEBOX_API_KEY="$($ob keys create --user admin --name demo --expires-days 1 --json \
+  | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["secret"])')" \
+  || die "could not create an API key"
+export ONEBOX_API_KEY
+echo "key ${ONEBOX_API_KEY:0:16}… (shown once; clients send it as 'Authorization: Bearer <key>')"
 step "onebox models list"
 $ob models list
 step "onebox data import $demo --name varnolia --redact-pii --pii-allow help@varnolia.example.com"
@@ -61,8 +67,9 @@ $ob deployments list
 step "ask both a held-out question through the OpenAI API (official openai client, streaming)"
 .venv/bin/python scripts/ask_openai.py --base-url "$url/v1" --models smollm2-135m-instruct varnolia-lora \
   --heldout "$heldout"
-step "curl $url/v1/models"
+step "curl $url/v1/models  (without a key: refused; with the key: the models this project may use)"
 curl -s "$url/v1/models"; echo
+curl -s -H "Authorization: Bearer $ONEBOX_API_KEY" "$url/v1/models"; echo
 
 # -- knowledge base: documents in every supported format -> index -> answers with citations ------
 kb="varnolia-docs"
@@ -84,3 +91,9 @@ done
 step "the same through /v1/chat/completions with the knowledge_base field (official openai client)"
 timeout 600 .venv/bin/python scripts/ask_kb.py --base-url "$url/v1" --model smollm2-135m-instruct --kb "$kb" \
   "What is the pH accuracy of the VX-900?" || die "the knowledge_base request through /v1 failed"
+
+# -- security: every step above is in the hash-chained audit log --------------------------------
+step "onebox audit list --limit 8  (logins, keys, deploys, loads, policy decisions, admin changes)"
+$ob audit list --limit 8
+step "onebox audit verify  (any edited or deleted record is detected)"
+$ob audit verify || die "the audit log does not verify"

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.S)
 
 STATUS: dict[type[e.OneboxError], int] = {
+    e.InputTooLargeError: 413,
     e.InvalidInputError: 400,
     e.ConfigError: 400,
     e.AuthenticationError: 401,

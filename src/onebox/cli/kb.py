@@ -19,6 +19,9 @@ app = typer.Typer(
 )
 
 KbArg = Annotated[str, typer.Argument(help="Knowledge base name.")]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option(envvar="ONEBOX_API_KEY", help="API key for the gateway; env ONEBOX_API_KEY.")
+]
 K = Annotated[int, typer.Option("-k", "--k", help="How many passages to retrieve.")]
 ModeOpt = Annotated[str, typer.Option(help="hybrid (lexical + dense), lexical or dense.")]
 SourceOpt = Annotated[
@@ -221,6 +224,7 @@ def ask(
     local: Annotated[
         bool, typer.Option("--local", help="Load the model in this process even if it is deployed.")
     ] = False,
+    api_key: ApiKeyOpt = None,
     max_tokens: Annotated[
         int, typer.Option(help="Longest answer in tokens.")
     ] = kbs.DEFAULT_MAX_ANSWER_TOKENS,
@@ -236,7 +240,7 @@ def ask(
     chosen = model or kbs.chat_model(a, name)
     generate = None
     if not local and kbs.served_by_gateway(a, chosen):
-        generate = kbs.http_generator(url, chosen, max_tokens=max_tokens)
+        generate = kbs.http_generator(url, chosen, max_tokens=max_tokens, api_key=api_key)
     elif not json_out:
         err_console.print(f"[dim]loading {chosen} in this process (no deployment serves it)…[/]")
     out = kbs.ask(
@@ -281,6 +285,7 @@ def to_dataset(
     local: Annotated[
         bool, typer.Option("--local", help="Load the model in this process even if it is deployed.")
     ] = False,
+    api_key: ApiKeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate question/answer pairs from the KB's chunks with a model, filter them, and register the
@@ -293,7 +298,10 @@ def to_dataset(
     chosen = model or kbs.chat_model(a, name)
     generate, via = None, "local"
     if not local and kbs.served_by_gateway(a, chosen):
-        generate, via = kbs.http_generator(url, chosen, max_tokens=QAOptions.max_new_tokens), "gateway"
+        generate, via = (
+            kbs.http_generator(url, chosen, max_tokens=QAOptions.max_new_tokens, api_key=api_key),
+            "gateway",
+        )
     elif not json_out:
         err_console.print(f"[dim]loading {chosen} in this process (no deployment serves it)…[/]")
     with progress_bar(enabled=not json_out) as progress:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from onebox.config import Settings
 from onebox.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     ConfigError,
     ConflictError,
     ErrorList,
@@ -774,15 +775,25 @@ def ask(
 
 
 def http_generator(
-    url: str, model: str, *, max_tokens: int = DEFAULT_MAX_ANSWER_TOKENS, timeout: float = 600
+    url: str,
+    model: str,
+    *,
+    max_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+    timeout: float = 600,
+    api_key: str | None = None,
 ) -> Generate:
-    """``generate`` through an OpenAI-compatible endpoint (a gateway or one worker): greedy, one answer."""
+    """``generate`` through an OpenAI-compatible endpoint (a gateway, which needs ``api_key``, or
+    one worker on loopback): greedy, one answer."""
     import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def generate(messages: list[Message]) -> str:
         body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
         try:
-            r = httpx.post(url.rstrip("/") + "/v1/chat/completions", json=body, timeout=timeout)
+            r = httpx.post(
+                url.rstrip("/") + "/v1/chat/completions", json=body, timeout=timeout, headers=headers
+            )
         except httpx.HTTPError as exc:
             raise UnavailableError(f"{url} did not answer ({type(exc).__name__}: {exc})") from exc
         if r.status_code != 200:
@@ -790,6 +801,10 @@ def http_generator(
                 msg = r.json()["error"]["message"]
             except Exception:
                 msg = r.text[:200]
+            if r.status_code == 401:
+                raise AuthenticationError(
+                    f"{url} refused the credentials ({msg}); pass --api-key or set ONEBOX_API_KEY"
+                )
             raise UnavailableError(f"{model} at {url} answered {r.status_code}: {msg}")
         return str(r.json()["choices"][0]["message"]["content"] or "")
 
