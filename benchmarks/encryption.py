@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/encryption.py [--mib 256] [--repeat 5]
 
 Rows, all in memory so the disk does not hide the cipher's cost:
-  plain copy      bytes(...) of the buffer in 1 MiB chunks (what moving the data costs at all)
+  plain copy      bytearray(...) of the buffer in 1 MiB chunks (what moving the data costs at all)
   plain codec     PlainCodec decode of a stream (the default, unencrypted read path)
   encode          EnvelopeCodec encode (AES-256-GCM, 1 MiB chunks; one key record written)
   decode          EnvelopeCodec decode (authenticate + decrypt every chunk)
@@ -59,7 +59,7 @@ def main() -> None:
                 pass
 
         rows: list[tuple[str, float]] = [
-            ("plain copy", median_seconds(lambda: [bytes(c) for c in chunks], args.repeat)),
+            ("plain copy", median_seconds(lambda: [bytearray(c) for c in chunks], args.repeat)),
             (
                 "plain codec",
                 median_seconds(lambda: drain(PlainCodec().decode(digest, io.BytesIO(data))), args.repeat),

@@ -31,7 +31,11 @@ def status_command(json_out: JsonOpt = False) -> None:
     table.add_row("encrypted blobs", f"{st.encrypted:,}")
     table.add_row("plaintext blobs", f"{st.plaintext:,}")
     for key_id, n in sorted(st.key_records.items()):
-        mark = "" if key_id == st.key_id else "  [yellow](not the configured key: finish the rotation)[/]"
+        mark = (
+            ""
+            if key_id == st.key_id
+            else "  [yellow](not the configured key: configure it, or finish the rotation)[/]"
+        )
         table.add_row("data keys under", f"{key_id}: {n:,}{mark}")
     console.print(table)
     if st.enabled and st.plaintext:
