@@ -101,6 +101,15 @@ def test_every_protected_route_refuses_bad_credentials(client: TestClient, keys:
             checked += 1
     assert checked >= 30 * len(bad_headers)
     assert client.get("/health").status_code == 200
+    # anonymous clients learn nothing from routing or body parsing either
+    assert client.get("/no/such/path").status_code == 401
+    assert (
+        client.post(
+            "/api/v1/kbs", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 401
+    )
+    assert client.get("/no/such/path", headers=bearer(keys["good"])).status_code == 404
     assert client.get("/metrics").status_code == 401  # not public unless configured
     assert client.get("/metrics", headers=bearer(keys["good"])).status_code == 200
 

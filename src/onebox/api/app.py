@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from onebox import __version__
 from onebox.api import identity_routes, kbs_routes
-from onebox.api.auth import authorize, principal_of
+from onebox.api.auth import authorize, install_auth, principal_of
 from onebox.api.deployments_routes import router as deployments_router
 from onebox.api.errors import error_response, install_error_handlers, openai_error_body
 from onebox.api.gateway_metrics import GatewayMetrics, StreamMeter
@@ -118,6 +118,7 @@ def create_app(
     app.state.quota_gate = QuotaGate()
     app.state.quota_limits = LimitsCache(onebox.db)
     install_error_handlers(app, openai_shape_prefix="/v1")
+    install_auth(app)  # innermost: body limit and security headers wrap its 401s too
     install_middleware(app, settings)
     app.include_router(deployments_router)
     app.include_router(kbs_routes.router)

@@ -1,8 +1,10 @@
 """Authentication and authorization for every route, in one place.
 
-One app-level dependency authenticates each request (``Authorization: Bearer <API key>`` or the
-console's session cookie) except the few public routes, decides the permission the route needs
-from :data:`PERMISSIONS` (by method and route template), checks it, and leaves the caller on
+:class:`AuthenticationMiddleware` authenticates each request (``Authorization: Bearer <API key>``
+or the console's session cookie) before anything else looks at it, so an anonymous client learns
+nothing from routing, body parsing or validation: it gets 401 for every path except the few public
+routes. The app-level dependency :func:`authorize` then decides the permission the matched route
+needs from :data:`PERMISSIONS` (by method and route template), checks it, and leaves the caller on
 ``request.state``: ``principal`` and ``onebox`` (the store acting as that principal, so services
 only ever see the caller's project).
 """
@@ -12,10 +14,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import Request, Security
+from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from onebox.errors import AuthenticationError, PermissionDeniedError
+from onebox.errors import AuthenticationError, OneboxError, PermissionDeniedError
 from onebox.security.principal import Principal
 from onebox.services import auth
 from onebox.services.context import App
@@ -85,6 +89,15 @@ def is_public(request: Request, method: str, path: str) -> bool:
     return path == "/metrics" and bool(request.app.state.onebox.settings.metrics_public)
 
 
+def route_template(app: Any, scope: Scope) -> str | None:
+    """The template of the route that fully matches (``/api/v1/kbs/{kb}``), None if none does."""
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return getattr(route, "path", None)
+    return None
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
@@ -116,18 +129,50 @@ async def authenticate(request: Request) -> Principal:
     raise AuthenticationError("authentication required: send 'Authorization: Bearer <API key>'")
 
 
+class AuthenticationMiddleware:
+    """Authenticate before routing, body parsing and validation run (pure ASGI, streams untouched)."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.fastapi_app  # Request.app before the router sets it
+        request = Request(scope)
+        path = route_template(self.fastapi_app, scope) or scope["path"]
+        if not is_public(request, request.method.upper(), path):
+            try:
+                principal = await authenticate(request)
+            except OneboxError as exc:
+                from onebox.api.errors import error_response
+
+                openai = scope["path"] == "/v1" or scope["path"].startswith("/v1/")
+                await error_response(exc, openai=openai)(scope, receive, send)
+                return
+            scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def install_auth(app: FastAPI) -> None:
+    """Add the authentication middleware (the dependency is set on the app at construction)."""
+    app.add_middleware(AuthenticationMiddleware, fastapi_app=app)
+
+
 async def authorize(
     request: Request,
     _bearer_doc: Any = Security(_bearer),
     _cookie_doc: Any = Security(_cookie),
 ) -> None:
-    """App-level dependency: every route passes here."""
+    """App-level dependency: every route passes here after the middleware authenticated."""
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)
     method = request.method.upper()
     if is_public(request, method, path):
         return
-    principal = await authenticate(request)
+    principal = getattr(request.state, "principal", None) or await authenticate(request)
     if principal.password_change_required and path not in PASSWORD_CHANGE_ALLOWED:
         raise PermissionDeniedError(
             "change your password first (POST /api/v1/auth/password): it was generated or reset"
