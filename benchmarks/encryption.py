@@ -17,11 +17,10 @@ import argparse
 import hashlib
 import io
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from bench_artifacts import timed  # the same median-of-runs timer as the artifact benchmark
 
 from onebox.security.envelope import EnvelopeCodec, KeyStore
 from onebox.security.keys import Keyring, LocalMasterKey
@@ -30,15 +29,6 @@ from onebox.store.blobs import BlobStore
 from onebox.store.codec import PlainCodec
 
 MIB = 1024 * 1024
-
-
-def median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    runs = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
-    return statistics.median(runs)
 
 
 def main() -> None:
@@ -59,24 +49,20 @@ def main() -> None:
                 pass
 
         rows: list[tuple[str, float]] = [
-            ("plain copy", median_seconds(lambda: [bytearray(c) for c in chunks], args.repeat)),
+            ("plain copy", timed(lambda: [bytearray(c) for c in chunks], args.repeat)),
             (
                 "plain codec",
-                median_seconds(lambda: drain(PlainCodec().decode(digest, io.BytesIO(data))), args.repeat),
+                timed(lambda: drain(PlainCodec().decode(digest, io.BytesIO(data))), args.repeat),
             ),
-            ("encode", median_seconds(lambda: drain(codec.encode(digest, chunks)), args.repeat)),
-            ("decode", median_seconds(lambda: drain(codec.decode(digest, io.BytesIO(sealed))), args.repeat)),
+            ("encode", timed(lambda: drain(codec.encode(digest, chunks)), args.repeat)),
+            ("decode", timed(lambda: drain(codec.decode(digest, io.BytesIO(sealed))), args.repeat)),
         ]
         enc_store = BlobStore(LocalBackend(root / "enc"), root / "co", codec)
         plain_store = BlobStore(LocalBackend(root / "plain"), root / "co2")
         enc_store.put_bytes(data)
         plain_store.put_bytes(data)
-        rows.append(
-            ("store read (encrypted)", median_seconds(lambda: enc_store.read_bytes(digest), args.repeat))
-        )
-        rows.append(
-            ("store read (plaintext)", median_seconds(lambda: plain_store.read_bytes(digest), args.repeat))
-        )
+        rows.append(("store read (encrypted)", timed(lambda: enc_store.read_bytes(digest), args.repeat)))
+        rows.append(("store read (plaintext)", timed(lambda: plain_store.read_bytes(digest), args.repeat)))
     print(f"{args.mib} MiB, median of {args.repeat} runs, 1 MiB chunks")
     print(f"{'operation':<26}{'seconds':>10}{'MB/s':>10}")
     for name, secs in rows:
