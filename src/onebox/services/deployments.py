@@ -260,7 +260,7 @@ def deploy(
             for a_ref in served.values()
         ]
         for version_id in [base.id, *adapter_ids]:
-            policies.enforce(app, "model_version", version_id, "model.deploy")
+            policies.enforce(app, "model_version", version_id, "model.deploy", audit_always=True)
         dep = Deployment(
             id=new_id("dep"),
             project_id=pid,
@@ -432,7 +432,7 @@ def add_adapter(app: App, name: str, ref: str) -> dict[str, Any]:
         from onebox.services import policies
 
         adapter = _adapter_version(s, pid, parse_ref(a_ref, "adapter"), base, "adapter")
-        policies.enforce(app, "model_version", adapter.id, "model.deploy")
+        policies.enforce(app, "model_version", adapter.id, "model.deploy", audit_always=True)
         current = dict(dep.config.get("adapters", {}))
         if name_key(a_name) not in {name_key(n) for n in current}:
             _check_free(_served_ids(s, pid, exclude=dep.id), a_name, "adapter")

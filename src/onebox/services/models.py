@@ -576,7 +576,7 @@ def checkout(
         digest, version_id = mv.manifest_digest, mv.id
     if digest is None:
         raise NotFoundError(f"{ref} has no stored files")
-    policies.enforce(app, OWNER, version_id, "model.load", identity=False)
+    policies.enforce(app, OWNER, version_id, "model.load", identity=False, audit_always=True)
     return app.blobs.checkout(digest, progress=progress, weights_in_memory=weights_in_memory)
 
 
