@@ -16,7 +16,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from onebox.errors import AuthenticationError, OneboxError, PermissionDeniedError
@@ -37,7 +36,8 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/api/v1/auth/login"),
     }
 )
-"""Routes that need no identity (``/metrics`` joins them when ``metrics_public`` is set)."""
+"""Routes that need no identity (``/metrics`` joins them when ``metrics_public`` is set); literal
+paths only, so the middleware can decide before routing."""
 
 PERMISSIONS: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/kbs/{kb}/search"): "infer",
@@ -89,15 +89,6 @@ def is_public(request: Request, method: str, path: str) -> bool:
     return path == "/metrics" and bool(request.app.state.onebox.settings.metrics_public)
 
 
-def route_template(app: Any, scope: Scope) -> str | None:
-    """The template of the route that fully matches (``/api/v1/kbs/{kb}``), None if none does."""
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return getattr(route, "path", None)
-    return None
-
-
 def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
@@ -142,8 +133,8 @@ class AuthenticationMiddleware:
             return
         scope["app"] = self.fastapi_app  # Request.app before the router sets it
         request = Request(scope)
-        path = route_template(self.fastapi_app, scope) or scope["path"]
-        if not is_public(request, request.method.upper(), path):
+        # PUBLIC holds literal paths, so the raw path decides without matching routes twice
+        if not is_public(request, request.method.upper(), scope["path"]):
             try:
                 principal = await authenticate(request)
             except OneboxError as exc:

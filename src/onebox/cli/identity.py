@@ -28,9 +28,7 @@ RoleOpt = Annotated[str, typer.Option(help=f"Role in the project: {', '.join(ROL
 ProjectOpt = Annotated[str | None, typer.Option(help="Project (default: the current one, ONEBOX_PROJECT).")]
 
 
-def _password(value: str | None, stdin: bool, prompt: str = "Password") -> str:
-    if value is not None:
-        return value
+def _password(stdin: bool, prompt: str = "Password") -> str:
     if stdin:
         import sys
 
@@ -63,7 +61,7 @@ def bootstrap(
 ) -> None:
     """Create the first administrator (once). Without a password (stdin or ONEBOX_ADMIN_PASSWORD) one
     is generated, printed once, and must be changed at first login."""
-    pw = _password(None, True) if password_stdin else None
+    pw = _password(True) if password_stdin else None
     out = identity.bootstrap_admin(get_app(), username, pw)
     if json_out:
         print_json(out)
@@ -91,7 +89,7 @@ def create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a user with a role in a project."""
-    pw = _password(None, password_stdin)
+    pw = _password(password_stdin)
     out = identity.create_user(
         get_app(), username, pw, project=project, role=role, is_admin=admin, display_name=display_name
     )
@@ -156,7 +154,7 @@ def reset_password(
     ] = False,
 ) -> None:
     """Set a temporary password that the user must change at next login."""
-    identity.change_password(get_app(), _password(None, password_stdin, "New password"), username=username)
+    identity.change_password(get_app(), _password(password_stdin, "New password"), username=username)
     console.print(f"password of {username} reset; they must change it at next login")
 
 

@@ -19,6 +19,10 @@ app = typer.Typer(
 )
 
 KbArg = Annotated[str, typer.Argument(help="Knowledge base name.")]
+UrlOpt = Annotated[str, typer.Option(help="Gateway address, used when a deployment serves the model.")]
+LocalOpt = Annotated[
+    bool, typer.Option("--local", help="Load the model in this process even if it is deployed.")
+]
 ApiKeyOpt = Annotated[
     str | None, typer.Option(envvar="ONEBOX_API_KEY", help="API key for the gateway; env ONEBOX_API_KEY.")
 ]
@@ -218,12 +222,8 @@ def ask(
     k: K = 5,
     mode: ModeOpt = "hybrid",
     model: Annotated[str | None, typer.Option(help="Chat model to answer with (default: the KB's).")] = None,
-    url: Annotated[
-        str, typer.Option(help="Gateway address, used when a deployment serves the model.")
-    ] = "http://127.0.0.1:8000",
-    local: Annotated[
-        bool, typer.Option("--local", help="Load the model in this process even if it is deployed.")
-    ] = False,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    local: LocalOpt = False,
     api_key: ApiKeyOpt = None,
     max_tokens: Annotated[
         int, typer.Option(help="Longest answer in tokens.")
@@ -279,12 +279,8 @@ def to_dataset(
         Path | None,
         typer.Option("--out", help="Folder for review.md, review.jsonl and retrieval_eval.jsonl."),
     ] = None,
-    url: Annotated[
-        str, typer.Option(help="Gateway address, used when a deployment serves the model.")
-    ] = "http://127.0.0.1:8000",
-    local: Annotated[
-        bool, typer.Option("--local", help="Load the model in this process even if it is deployed.")
-    ] = False,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    local: LocalOpt = False,
     api_key: ApiKeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
+from onebox.fsutil import atomic_write_text
 from onebox.store.db import Database
 from onebox.store.tables import AuditRecord
 
@@ -162,13 +163,7 @@ class AuditLog:
             current = self.head()
             if current is not None and seq <= current[0]:
                 return
-            tmp = self.head_path.with_name(f".{self.head_path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{seq} {digest}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.head_path)
+            atomic_write_text(self.head_path, f"{seq} {digest}\n")  # 0600, fsynced, renamed
         finally:
             os.close(lock)
 

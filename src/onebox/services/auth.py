@@ -10,11 +10,12 @@ import hmac
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from onebox.errors import AuthenticationError, PermissionDeniedError, QuotaExceededError
 from onebox.security import apikeys
 from onebox.security.passwords import DUMMY_HASH, hash_password, needs_rehash, verify_password
-from onebox.security.principal import Principal, validate_scopes
+from onebox.security.principal import Principal
 from onebox.services.context import App
 from onebox.services.names import name_key
 from onebox.store.tables import ApiKey, Membership, Project, User, WebSession
@@ -25,9 +26,7 @@ KEY_USE_EVERY = timedelta(minutes=1)
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def _principal(
-    session: object, user: User, project: Project, role: str, *, key: ApiKey | None, source: str
-) -> Principal:
+def _principal(user: User, project: Project, role: str, *, key: ApiKey | None, source: str) -> Principal:
     return Principal(
         user_id=user.id,
         username=user.username,
@@ -42,10 +41,7 @@ def _principal(
     )
 
 
-def _role_in(session: object, user: User, project_id: str) -> str | None:
-    from sqlalchemy.orm import Session
-
-    assert isinstance(session, Session)
+def _role_in(session: Session, user: User, project_id: str) -> str | None:
     m = session.scalar(
         select(Membership).where(Membership.user_id == user.id, Membership.project_id == project_id)
     )
@@ -85,7 +81,7 @@ def authenticate_key(app: App, key: str, *, source: str = "", now: datetime | No
             key_id = k.id if k is not None else ""
         else:
             assert k is not None and user is not None and project is not None and role is not None
-            principal = _principal(s, user, project, role, key=k, source=source)
+            principal = _principal(user, project, role, key=k, source=source)
             if k.last_used_at is None or now - k.last_used_at >= KEY_USE_EVERY:
                 k.last_used_at = now
                 used = True
@@ -163,7 +159,7 @@ def login(
                         source=source[:255],
                     )
                 )
-                principal = _principal(s, user, target, role, key=None, source=source)
+                principal = _principal(user, target, role, key=None, source=source)
     if why is not None:
         app.audit_log_denied("auth.login", uid, source, why, username=name_key(username)[:64])
         if why == "locked":
@@ -200,7 +196,7 @@ def authenticate_session(
         if user is None or user.status != "active" or project is None or role is None:
             s.delete(w)
             raise AuthenticationError("this session is no longer valid; log in again")
-        return _principal(s, user, project, role, key=None, source=source)
+        return _principal(user, project, role, key=None, source=source)
 
 
 def session_csrf(app: App, token: str) -> str | None:
@@ -214,6 +210,3 @@ def logout(app: App, token: str) -> None:
         w = s.get(WebSession, apikeys.token_hash(token))
         if w is not None:
             s.delete(w)
-
-
-__all__ = ["authenticate_key", "authenticate_session", "login", "logout", "validate_scopes"]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onebox.config import Settings, load_settings
@@ -23,6 +22,9 @@ class App:
     blobs: BlobStore
     principal: Principal | None = None
     """Who acts through this context; None is the operator at the box's shell (the CLI)."""
+    shared: dict[str, object] = field(default_factory=dict, repr=False)
+    """Lazily built helpers shared by every context derived with ``acting_as``/``in_project``
+    (``replace`` copies the reference), so a request does not reload the audit key."""
 
     @property
     def staging_dir(self) -> Path:
@@ -69,10 +71,13 @@ class App:
             )
         )
 
-    @cached_property
+    @property
     def audit_log(self) -> AuditLog:
-        key = load_or_create(self.settings.secrets_dir / "audit.key")
-        return AuditLog(self.db, key, self.settings.secrets_dir / "audit.head")
+        log = self.shared.get("audit_log")
+        if not isinstance(log, AuditLog):
+            key = load_or_create(self.settings.secrets_dir / "audit.key")
+            log = self.shared["audit_log"] = AuditLog(self.db, key, self.settings.secrets_dir / "audit.head")
+        return log
 
     def audit(
         self,

@@ -13,9 +13,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from onebox.errors import AlreadyExistsError, ConflictError, InvalidInputError, NotFoundError, Problem
+from onebox.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    Problem,
+)
 from onebox.security.passwords import check_strength, hash_password, verify_password
-from onebox.security.principal import ROLES, validate_role
+from onebox.security.principal import validate_role
 from onebox.services.context import App
 from onebox.services.names import name_key, validate_name, validate_text
 from onebox.services.projects import ensure_project, get_project
@@ -105,8 +112,6 @@ def create_user(
     actor = app.actor()
     actor.require("admin", "create users")
     if is_admin and not actor.is_admin:
-        from onebox.errors import PermissionDeniedError
-
         raise PermissionDeniedError("only a system administrator may create another one")
     username = _validate_username(username)
     problems = []
@@ -303,8 +308,6 @@ def project_dict(p: Project) -> dict[str, Any]:
 def create_project(app: App, name: str, description: str = "") -> dict[str, Any]:
     actor = app.actor()
     if not actor.is_admin:
-        from onebox.errors import PermissionDeniedError
-
         raise PermissionDeniedError("only a system administrator may create projects")
     name = validate_name(name, "name")
     description = validate_text(description, "description", 4000) or ""
@@ -331,6 +334,3 @@ def list_projects(app: App) -> list[dict[str, Any]]:
                 Membership.user_id == actor.user_id
             )
         return [project_dict(p) for p in s.scalars(q)]
-
-
-ROLE_NAMES = tuple(ROLES)

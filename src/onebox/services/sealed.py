@@ -51,6 +51,7 @@ from onebox.errors import (
     Problem,
     TamperedError,
 )
+from onebox.fsutil import atomic_write_json, atomic_write_text
 from onebox.progress import ProgressFn, null_progress
 from onebox.security import fingerprint as machine
 from onebox.security import licence as lic
@@ -148,10 +149,7 @@ def trusted(app: App) -> list[dict[str, Any]]:
 def _write_trusted(app: App, rows: list[dict[str, Any]]) -> None:
     path = _trust_path(app)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:  # mkstemp files are 0600
-        json.dump(rows, fh, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, rows, indent=2)  # mkstemp underneath: the file is 0600
 
 
 def trust(app: App, key: str, name: str = "") -> dict[str, Any]:
@@ -426,11 +424,7 @@ def export_sealed(
     }
     body["key"] = lic.wrap_key(package_key, target_key, _wrap_context(body))
     doc = lic.sign(body, keys.signing)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{lic_path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
-    os.replace(tmp, lic_path)
+    atomic_write_text(lic_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     app.audit(
         "licence.issued",
         resource_type="model_version",
