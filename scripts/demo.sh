@@ -94,6 +94,6 @@ timeout 600 .venv/bin/python scripts/ask_kb.py --base-url "$url/v1" --model smol
 
 # -- security: every step above is in the hash-chained audit log --------------------------------
 step "onebox audit list --limit 8  (logins, keys, deploys, loads, policy decisions, admin changes)"
-$ob audit list --limit 8
+COLUMNS="${COLUMNS:-160}" $ob audit list --limit 8  # wide enough to read when not on a terminal
 step "onebox audit verify  (any edited or deleted record is detected)"
 $ob audit verify || die "the audit log does not verify"
