@@ -14,8 +14,9 @@ import pytest
 
 from onebox.config import Settings
 from onebox.errors import ConfigError, KeyUnavailableError, TamperedError
-from onebox.security.envelope import HEADER, TAG_BYTES, EnvelopeCodec, KeyStore, codec_for
+from onebox.security.envelope import HEADER, EnvelopeCodec, KeyStore, codec_for
 from onebox.security.keys import FileKms, Keyring, LocalMasterKey, load_kms, write_key_file
+from onebox.security.streams import TAG_BYTES
 from onebox.store.backends import FsspecBackend, LocalBackend
 from onebox.store.codec import PlainCodec
 

@@ -31,7 +31,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from onebox.errors import (
     ArtifactMissingError,
@@ -41,6 +41,7 @@ from onebox.errors import (
     TamperedError,
 )
 from onebox.security.keys import Keyring
+from onebox.security.streams import aead, open_chunks, read_exact, seal_chunks
 from onebox.store.backends import BlobBackend, backend_from_url
 from onebox.store.codec import CHUNK, ENVELOPE_MAGIC, BlobCodec, encrypted_without_key
 
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 ALG_AES256_GCM = 1
 HEADER = struct.Struct(">8sBBHI16s8s")
-TAG_BYTES = 16
 DEFAULT_CHUNK = 1024 * 1024
 MAX_CHUNK = 64 * 1024 * 1024
 RECORD_FORMAT = "onebox-wrapped-key"
@@ -183,17 +183,6 @@ class KeyStore:
         self.put(record)
 
 
-def _read_exact(stream: IO[bytes], n: int) -> bytes:
-    parts = []
-    while n > 0:
-        b = stream.read(n)
-        if not b:
-            break
-        parts.append(b)
-        n -= len(b)
-    return b"".join(parts)
-
-
 def is_encrypted(head: bytes) -> bool:
     return head.startswith(ENVELOPE_MAGIC)
 
@@ -227,8 +216,6 @@ class EnvelopeCodec:
         return self._seal(digest, chunks)
 
     def _seal(self, digest: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
         assert self.keyring is not None
         data_key, dek_id, prefix = os.urandom(32), os.urandom(16), os.urandom(8)
         key_id, wrapped = self.keyring.wrap(data_key, key_context(digest, dek_id))
@@ -238,25 +225,12 @@ class EnvelopeCodec:
             ENVELOPE_MAGIC, FORMAT_VERSION, ALG_AES256_GCM, 0, self.chunk_size, dek_id, prefix
         )
         yield header
-        aes = AESGCM(data_key)
         bound = header + digest.encode()
-        size = self.chunk_size
-        index = 0
-        rest = b""
-        for chunk in chunks:
-            data = rest + chunk if rest else chunk
-            view = memoryview(data)
-            off = 0
-            while len(data) - off > size:  # strictly more: a later chunk exists, so not final
-                yield aes.encrypt(_nonce(prefix, index), view[off : off + size], _aad(bound, index, False))
-                off += size
-                index += 1
-            rest = bytes(view[off:])
-        yield aes.encrypt(_nonce(prefix, index), rest, _aad(bound, index, True))
+        yield from seal_chunks(aead(data_key), prefix, bound, chunks, self.chunk_size)
 
     # -- reading --------------------------------------------------------------------------------
     def decode(self, digest: str, stream: IO[bytes]) -> Iterator[bytes]:
-        head = _read_exact(stream, HEADER.size)
+        head = read_exact(stream, HEADER.size)
         if not is_encrypted(head):
             if _near_magic(head):
                 raise TamperedError(f"blob {digest[:12]}… has a damaged envelope header", digest=digest)
@@ -278,34 +252,17 @@ class EnvelopeCodec:
         )
 
     def _open(self, digest: str, header: Header, stream: IO[bytes]) -> Iterator[bytes]:
-        from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        def failure(index: int, why: str) -> TamperedError:
+            why = why.replace("it was", "the blob was").replace("it is", "the blob is")
+            return TamperedError(
+                f"blob {digest[:12]}… failed authentication at chunk {index}: {why}",
+                digest=digest,
+                chunk=index,
+            )
 
-        aes = AESGCM(self.data_key(digest, header))
+        aes = aead(self.data_key(digest, header))
         bound = header.raw + digest.encode()
-        block = header.chunk_size + TAG_BYTES
-        index = 0
-        current = _read_exact(stream, block)
-        while True:
-            following = _read_exact(stream, block)
-            final = not following
-            if len(current) < TAG_BYTES:
-                raise TamperedError(
-                    f"blob {digest[:12]}… is truncated at chunk {index}", digest=digest, chunk=index
-                )
-            try:
-                yield aes.decrypt(_nonce(header.nonce_prefix, index), current, _aad(bound, index, final))
-            except InvalidTag as exc:
-                raise TamperedError(
-                    f"blob {digest[:12]}… failed authentication at chunk {index}: "
-                    f"{_diagnose(aes, header, bound, index, current, final)}",
-                    digest=digest,
-                    chunk=index,
-                ) from exc
-            if final:
-                return
-            current = following
-            index += 1
+        yield from open_chunks(aes, header.nonce_prefix, bound, stream, header.chunk_size, failure)
 
 
 def _near_magic(head: bytes) -> bool:
@@ -322,29 +279,6 @@ def _plain(head: bytes, stream: IO[bytes]) -> Iterator[bytes]:
         yield first
     while chunk := stream.read(CHUNK):
         yield chunk
-
-
-def _nonce(prefix: bytes, index: int) -> bytes:
-    if index >= 1 << 32:
-        raise ValueError("blob too large for one envelope")
-    return prefix + index.to_bytes(4, "big")
-
-
-def _aad(bound: bytes, index: int, final: bool) -> bytes:
-    return bound + struct.pack(">QB", index, 1 if final else 0)
-
-
-def _diagnose(aes: Any, header: Header, bound: bytes, index: int, data: bytes, final: bool) -> str:
-    """Say what happened when a cheap second check can tell (cut short or extended)."""
-    from cryptography.exceptions import InvalidTag
-
-    try:
-        aes.decrypt(_nonce(header.nonce_prefix, index), data, _aad(bound, index, not final))
-    except InvalidTag:
-        return "the ciphertext or its header was modified, or chunks were reordered"
-    if final:
-        return "the blob was truncated after this chunk"
-    return "bytes were appended after the final chunk"
 
 
 def codec_for(settings: Settings, artifacts_url: str | None = None) -> BlobCodec:

@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onebox.errors import ConfigError, IntegrityError, OneboxError, Problem
+from onebox.errors import ConfigError, IntegrityError, KeyUnavailableError, OneboxError, Problem
 from onebox.progress import ProgressFn, null_progress
+from onebox.security.datakeys import DataKeys
 from onebox.security.envelope import HEADER, EnvelopeCodec, KeyRecord, is_encrypted, key_context
 from onebox.security.keys import KeyProvider
+from onebox.security.streams import Sealer
 from onebox.services.context import App
 
 
@@ -30,6 +32,34 @@ def scratch_dir(app: App) -> Path:
 
         return private_dir()
     return app.staging_dir
+
+
+def sealer(app: App, subject: str) -> Sealer | None:
+    """What new files of ``subject`` (``kb-<id>``, ``job-<id>``) are sealed with, or None when
+    encryption at rest is off and they are written as plaintext."""
+    codec = app.blobs.codec
+    if not (isinstance(codec, EnvelopeCodec) and codec.encrypt):
+        return None
+    keys = DataKeys.from_codec(codec)
+    assert keys is not None  # encrypting implies a keyring
+    return keys.sealer(subject)
+
+
+def opener(app: App, subject: str) -> Sealer:
+    """What reads files sealed under ``subject`` (even with encryption since switched off)."""
+    keys = DataKeys.from_codec(app.blobs.codec)
+    if keys is None:
+        raise KeyUnavailableError(
+            f"files of {subject} are encrypted but no master key is configured",
+            problems=[Problem("ONEBOX_MASTER_KEY_FILE", "not set", "configure the master key")],
+        )
+    return keys.sealer(subject, create=False)
+
+
+def shred(app: App, subject: str) -> bool:
+    """Delete ``subject``'s data key, if any (see :mod:`onebox.security.datakeys`)."""
+    keys = DataKeys.from_codec(app.blobs.codec)
+    return keys.shred(subject) if keys is not None else False
 
 
 def _codec(app: App, need_keys: bool = True) -> EnvelopeCodec:
