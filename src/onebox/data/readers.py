@@ -17,6 +17,7 @@ returned as :class:`RowError`; problems with the whole file raise a :class:`Oneb
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -439,6 +440,10 @@ def _read_parquet(path: Path) -> ReadResult:
 def _read_xlsx(path: Path) -> ReadResult:
     import openpyxl
 
+    from onebox.security.archives import DOCUMENT_LIMITS, scan_zip
+
+    with contextlib.suppress(zipfile.BadZipFile), zipfile.ZipFile(path) as zf:
+        scan_zip(zf, DOCUMENT_LIMITS, path.name)  # a workbook is a zip: no bombs, no odd members
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many unrelated types for a corrupt file

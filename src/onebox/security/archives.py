@@ -372,13 +372,21 @@ def extract_archive(path: Path, dest: Path, limits: ArchiveLimits | None = None)
     return Extracted(dest, files, sum((dest / f).stat().st_size for f in files))
 
 
+DOCUMENT_LIMITS = ArchiveLimits(max_total_bytes=512 * 1024**2, max_files=10_000)
+"""For zip-based documents (.docx/.xlsx/.pptx) that parsers inflate in memory."""
+
+
+def scan_zip(zf: zipfile.ZipFile, limits: ArchiveLimits | None = None, source: str = "archive") -> None:
+    """Check an open zip without extracting it: member names, kinds, count, declared total size and
+    compression ratios. Python's zipfile never inflates a member past its declared size, so for
+    parsers that read members in memory a document passing this cannot be a zip bomb."""
+    _scan_zip(zf, _Budget(limits or ArchiveLimits(), source=source))
+
+
 def check_zip(path: Path, limits: ArchiveLimits | None = None) -> None:
-    """Check a zip-based file (an archive, or a .docx/.xlsx/.pptx) without extracting it: names,
-    member kinds, count, declared total size and compression ratios. For parsers that inflate
-    members in memory, so a document cannot be a zip bomb."""
-    budget = _Budget(limits or ArchiveLimits(), source=Path(path).name)
+    """:func:`scan_zip` of a file; an unreadable zip is invalid input."""
     try:
         with zipfile.ZipFile(path) as zf:
-            _scan_zip(zf, budget)
+            scan_zip(zf, limits, Path(path).name)
     except zipfile.BadZipFile as exc:
-        raise InvalidInputError(f"{budget.source}: not a readable zip archive ({exc})") from exc
+        raise InvalidInputError(f"{Path(path).name}: not a readable zip archive ({exc})") from exc

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from onebox.errors import CorruptDocumentError, EncryptedDocumentError, UnsupportedFormatError
+from onebox.security.archives import DOCUMENT_LIMITS, scan_zip
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"%PDF-", "pdf"),
@@ -100,6 +101,8 @@ def _check_ooxml(path: Path, fmt: str, source: str) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
+            # The parser libraries inflate members in memory: refuse bombs and odd members first.
+            scan_zip(zf, DOCUMENT_LIMITS, source)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CorruptDocumentError(
             f"{source}: the {fmt.upper()} file is damaged (its ZIP structure cannot be read, often a "
