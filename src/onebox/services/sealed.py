@@ -4,8 +4,9 @@
 
 - ``<name>-v<N>.obxpkg``: the version's files encrypted with AES-256-GCM under a fresh random
   package key. Layout: magic, a small public JSON header, the encrypted file list, then every
-  file in 1 MiB chunks, each sealed on its own with its file and chunk index and a last-chunk flag
-  as associated data, so a flipped, swapped, dropped or appended chunk fails to open.
+  file as a chunked stream of :mod:`onebox.security.streams` (1 MiB chunks bound to the header,
+  the file's index, the chunk index and a last-chunk flag), so a flipped, swapped, dropped or
+  appended chunk fails to open.
 - ``<name>-v<N>.licence.json``: what the package is (its SHA-256, the model's metadata), for whom
   (the target's machine fingerprint and X25519 host key), until when, and the package key wrapped
   to that host key — signed with the exporting box's Ed25519 key (:mod:`onebox.security.licence`).
@@ -32,7 +33,6 @@ import secrets
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -41,7 +41,6 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from onebox.errors import (
     InvalidInputError,
@@ -57,15 +56,15 @@ from onebox.security import fingerprint as machine
 from onebox.security import licence as lic
 from onebox.security.policy import HOST_ID_PREFIX, PolicyRules, parse_instant
 from onebox.security.secrets import load_or_create
+from onebox.security.streams import TAG_BYTES, aead, nonce, open_chunks, seal_chunks
 from onebox.services import models, policies
 from onebox.services.context import App
 from onebox.services.projects import get_project
 from onebox.store.blobs import Manifest, ManifestEntry
 
-MAGIC = b"OBXPKG\x00\x01"
-PACKAGE_FORMAT = "onebox-sealed/1"
+MAGIC = b"OBXPKG\x00\x02"
+PACKAGE_FORMAT = "onebox-sealed/2"
 CHUNK = 1 << 20
-TAG = 16
 HOST_KEY_FILE = "host-x25519.key"
 SIGNING_KEY_FILE = "licence-ed25519.key"
 TRUST_FILE = "trusted-issuers.json"
@@ -178,35 +177,53 @@ def untrust(app: App, key: str) -> dict[str, Any]:
 # -- the package format ---------------------------------------------------------------------------
 
 
-def _nonce(counter: int) -> bytes:
-    return counter.to_bytes(12, "big")
+_LISTING_PREFIX = bytes(8)
+"""Nonce prefix of the file list; file ``i`` uses ``i + 1`` (8 bytes), so no two chunks of a
+package share a nonce under its one key."""
 
 
-def _chunk_aad(package_id: str, file_index: int, chunk_index: int, last: bool) -> bytes:
-    return package_id.encode() + struct.pack(">IIB", file_index, chunk_index, int(last))
+def _file_prefix(index: int) -> bytes:
+    return (index + 1).to_bytes(8, "big")
 
 
-def _file_chunks(fh: BinaryIO, size: int) -> Iterator[tuple[int, bytes, bool]]:
-    """(index, plaintext, last) for a file of ``size`` bytes; an empty file is one empty chunk."""
-    count = max(1, -(-size // CHUNK))
-    for j in range(count):
-        yield j, fh.read(min(CHUNK, size - j * CHUNK)), j == count - 1
+def _file_bound(header: bytes, index: int) -> bytes:
+    """What each chunk of file ``index`` is bound to: the package's header (its id) and the index."""
+    return MAGIC + header + struct.pack(">I", index)
+
+
+def _sealed_size(size: int) -> int:
+    return size + max(1, -(-size // CHUNK)) * TAG_BYTES
+
+
+class _FileSpan:
+    """The sealed bytes of one file inside the package stream; short means truncated."""
+
+    def __init__(self, fh: BinaryIO, size: int, what: str) -> None:
+        self.fh, self.left, self.what = fh, size, what
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self.left)
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise TamperedError(f"the package is truncated ({self.what} is incomplete)")
+        self.left -= n
+        return data
 
 
 def _write_package(
     src: Path, manifest: Manifest, out: Path, key: bytes, package_id: str, progress: ProgressFn
 ) -> tuple[str, int]:
     """Encrypt ``src`` (a verified checkout) into ``out``; returns (sha256, size) of the package."""
-    aes = AESGCM(key)
+    aes = aead(key)
     header = lic.canonical(
         {"format": PACKAGE_FORMAT, "package_id": package_id, "cipher": "AES-256-GCM", "chunk_size": CHUNK}
     )
     listing = lic.canonical(
         {"files": [{"path": f.path, "size": f.size, "sha256": f.digest} for f in manifest.files]}
     )
-    sealed_listing = aes.encrypt(_nonce(0), listing, MAGIC + header)
+    sealed_listing = aes.encrypt(nonce(_LISTING_PREFIX, 0), listing, MAGIC + header)
     h = hashlib.sha256()
-    counter, done, size = 0, 0, 0
+    done, size = 0, 0
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -221,10 +238,12 @@ def _write_package(
             emit(struct.pack(">I", len(sealed_listing)) + sealed_listing)
             for i, entry in enumerate(manifest.files):
                 with (src / entry.path).open("rb") as f:
-                    for j, plain, last in _file_chunks(f, entry.size):
-                        counter += 1
-                        emit(aes.encrypt(_nonce(counter), plain, _chunk_aad(package_id, i, j, last)))
-                        done += len(plain)
+                    plain = iter(lambda f=f: f.read(CHUNK), b"")
+                    for sealed_chunk in seal_chunks(
+                        aes, _file_prefix(i), _file_bound(header, i), plain, CHUNK
+                    ):
+                        emit(sealed_chunk)
+                        done += max(0, len(sealed_chunk) - TAG_BYTES)
                         progress("seal", done, manifest.total_size)
             fh.flush()
             os.fsync(fh.fileno())
@@ -254,7 +273,7 @@ def _open_package(
     package: Path, key: bytes, package_id: str, dest: Path, progress: ProgressFn
 ) -> list[ManifestEntry]:
     """Decrypt into ``dest``, every chunk and file checked; returns the files in package order."""
-    aes = AESGCM(key)
+    aes = aead(key)
     with package.open("rb") as fh:
         if fh.read(len(MAGIC)) != MAGIC:
             raise TamperedError(f"{package.name} is not a sealed onebox package (bad magic bytes)")
@@ -271,31 +290,26 @@ def _open_package(
         (n,) = struct.unpack(">I", _read_exact(fh, 4, "file list"))
         try:
             listing = json.loads(
-                aes.decrypt(_nonce(0), _read_exact(fh, n, "file list"), MAGIC + header_bytes)
+                aes.decrypt(nonce(_LISTING_PREFIX, 0), _read_exact(fh, n, "file list"), MAGIC + header_bytes)
             )
             files = [(_safe_path(f["path"]), int(f["size"]), str(f["sha256"])) for f in listing["files"]]
         except InvalidTag:
             raise TamperedError("the package's file list fails authentication: it was altered") from None
         total = sum(size for _, size, _ in files)
-        counter, done = 0, 0
+        done = 0
         for i, (rel, size, digest) in enumerate(files):
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             h = hashlib.sha256()
+
+            def failure(j: int, why: str, rel: str = rel) -> TamperedError:
+                return TamperedError(f"chunk {j} of {rel} in the package fails authentication: {why}")
+
+            span = _FileSpan(fh, _sealed_size(size), f"file {rel}")
             with target.open("wb") as out:
-                count = max(1, -(-size // CHUNK))
-                for j in range(count):
-                    counter += 1
-                    plain_len = min(CHUNK, size - j * CHUNK)
-                    sealed = _read_exact(fh, plain_len + TAG, f"file {rel}")
-                    try:
-                        plain = aes.decrypt(
-                            _nonce(counter), sealed, _chunk_aad(package_id, i, j, j == count - 1)
-                        )
-                    except InvalidTag:
-                        raise TamperedError(
-                            f"chunk {j} of {rel} in the package fails authentication: it was altered"
-                        ) from None
+                for plain in open_chunks(
+                    aes, _file_prefix(i), _file_bound(header_bytes, i), span, CHUNK, failure
+                ):
                     h.update(plain)
                     out.write(plain)
                     done += len(plain)
@@ -408,7 +422,7 @@ def export_sealed(
     dest_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{model.name}-v{mv.version}"
     pkg_path, lic_path = dest_dir / f"{stem}.obxpkg", dest_dir / f"{stem}.licence.json"
-    package_key = AESGCM.generate_key(bit_length=256)
+    package_key = os.urandom(32)  # AES-256
     package_id = secrets.token_hex(16)
     digest, size = _write_package(src, manifest, pkg_path, package_key, package_id, progress)
     keys = host_keys(app)
