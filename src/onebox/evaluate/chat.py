@@ -1,9 +1,9 @@
 """Chat-template rendering and assistant-only label masking for evaluation.
 
-Masking works on characters, not tokens: each assistant turn's span in the rendered text is
-found from the template itself (render the conversation up to the turn with the generation
-prompt, then up to and including the turn), and a token is scored when it starts inside such
-a span. Tokens at a boundary therefore never depend on how the turns were split for rendering.
+The masking is training's (:mod:`onebox.train.data`): the same assistant spans, found from the
+template itself, and the same rule (a token overlapping a span is scored), so an evaluation loss
+is computed over exactly the tokens a fine-tune learns. Base models without a chat template are
+rendered as ChatML so they can still be scored.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-IGNORE_INDEX = -100
-"""Label value that ``torch.nn.functional.cross_entropy`` skips."""
+import numpy as np
+
+from onebox.train import data as train_data
+
+IGNORE_INDEX = train_data.IGNORE_INDEX
 
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -46,43 +49,20 @@ class Encoded:
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render ``messages`` and return the text with the character spans of each assistant turn.
-
-    A span runs from after the generation prompt to the end of the turn including its
-    end-of-turn marker (``<|im_end|>``: the model must learn to stop), without trailing
-    whitespace. If the template is not prefix-stable (some drop earlier reasoning), the turn's
-    content is searched for in the full text instead.
-    """
-    full = render(tokenizer, messages)
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        upto = render(tokenizer, messages[: i + 1])
-        if i and full.startswith(prompt) and full.startswith(upto) and len(prompt) <= len(upto):
-            start, end = len(prompt), len(upto)
-        else:
-            start = full.find(message["content"], cursor)
-            if start < 0:
-                continue  # the template dropped this turn; nothing to score
-            end = start + len(message["content"])
-        while end > start and full[end - 1].isspace():
-            end -= 1
-        spans.append((start, end))
-        cursor = end
+    """The rendered text and each assistant turn's character span, exactly as training finds them
+    (:func:`onebox.train.data.assistant_spans`): from after the generation prompt through the
+    end-of-turn marker (the model must learn to stop), without trailing whitespace."""
+    template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
+    full, spans, _ = train_data.assistant_spans(tokenizer, messages, template)
     return full, spans
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *, max_seq_len: int) -> Encoded:
     """Token ids and assistant-only labels for one conversation, truncated to ``max_seq_len``."""
     text, spans = assistant_spans(tokenizer, messages)
-    ids, starts = _tokenize_with_starts(tokenizer, text)
-    labels = [
-        tok if any(s <= start < e for s, e in spans) else IGNORE_INDEX
-        for tok, start in zip(ids, starts, strict=True)
-    ]
+    ids, offsets = _tokenize_with_offsets(tokenizer, text)
+    scored = train_data.target_mask(offsets, spans)
+    labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(ids, scored.tolist(), strict=True)]
     truncated = len(ids) > max_seq_len
     return Encoded(ids[:max_seq_len], labels[:max_seq_len], truncated)
 
@@ -98,14 +78,17 @@ def encode_text(tokenizer: Any, text: str, *, max_seq_len: int) -> Encoded:
     return Encoded(ids, list(ids), truncated)
 
 
-def _tokenize_with_starts(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
-    """Token ids of rendered chat text (the template already holds any BOS) and each token's start char."""
+def _tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], np.ndarray]:
+    """Token ids of rendered chat text (the template already holds any BOS) and each token's
+    character range (n x 2)."""
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return list(enc["input_ids"]), [s for s, _ in enc["offset_mapping"]]
+        return list(enc["input_ids"]), np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     except (NotImplementedError, ValueError, TypeError):
         pass
-    # Slow tokenizers have no offsets: a token starts where the decoded prefix before it ends.
+    # Slow tokenizers have no offsets: a token spans from where the decoded prefix before it ends
+    # to where the prefix through it ends.
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    starts = [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
-    return ids, starts
+    ends = [len(tokenizer.decode(ids[: i + 1])) for i in range(len(ids))]
+    starts = [0, *ends[:-1]]
+    return ids, np.asarray(list(zip(starts, ends, strict=True)), dtype=np.int64).reshape(-1, 2)

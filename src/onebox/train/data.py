@@ -112,6 +112,76 @@ class DataStats:
         return d
 
 
+def assistant_spans(
+    tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None = None
+) -> tuple[str, list[tuple[int, int]], bool]:
+    """The full rendering and the character spans of assistant turns; True if it fell back.
+
+    The one definition of "what the model is trained on", shared by training and evaluation so
+    an evaluation loss measures exactly the tokens fine-tuning optimised. ``chat_template``
+    overrides the tokenizer's (evaluation passes ChatML for base models that ship none).
+    """
+
+    def render(msgs: list[dict[str, str]], generation_prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=generation_prompt, chat_template=chat_template
+        )
+
+    full = render(messages)
+    spans: list[tuple[int, int]] = []
+    try:
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = render(messages[:i], generation_prompt=True) if i else ""
+            through = render(messages[: i + 1])
+            if not through.startswith(before) or not full.startswith(through):
+                raise ValueError("template does not render prefixes as prefixes")
+            turn = through[len(before) :]
+            end = len(before) + len(turn.rstrip())  # up to and including the end-of-turn token
+            if i == 0:  # no prompt to strip: start at the message content
+                start = through.find(message["content"])
+                if start < 0:
+                    raise ValueError("assistant content not found")
+            else:
+                start = len(before)
+            if end > start:
+                spans.append((start, end))
+        return full, spans, False
+    except Exception:  # any template error or non-prefix template: locate contents instead
+        return full, _find_spans(tokenizer.eos_token or "", full, messages), True
+
+
+def _find_spans(eos: str, full: str, messages: list[dict[str, str]]) -> list[tuple[int, int]]:
+    spans = []
+    cursor = 0
+    for message in messages:
+        content = message["content"]
+        at = full.find(content, cursor)
+        if at < 0:
+            at = full.find(content.strip(), cursor)
+            content = content.strip()
+        if at < 0:
+            continue
+        end = at + len(content)
+        if message["role"] == "assistant":
+            tail = full[end:]
+            stripped = tail.lstrip()
+            if eos and stripped.startswith(eos):
+                end += len(tail) - len(stripped) + len(eos)
+            spans.append((at, end))
+        cursor = end
+    return spans
+
+
+def target_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Tokens (``offsets``: n x 2 character ranges) overlapping an assistant span are learned."""
+    target = np.zeros(len(offsets), dtype=bool)
+    for start, end in spans:
+        target |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
+    return target
+
+
 class ChatEncoder:
     """Turns :class:`Example` rows into :class:`Sample` s with the tokenizer's chat template."""
 
@@ -119,59 +189,6 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.eos_token_id
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
-
-    def render(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
-
-    def assistant_spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]], bool]:
-        """The full rendering and the character spans of assistant turns; True if it fell back."""
-        full = self.render(messages)
-        spans: list[tuple[int, int]] = []
-        try:
-            for i, message in enumerate(messages):
-                if message["role"] != "assistant":
-                    continue
-                before = self.render(messages[:i], generation_prompt=True) if i else ""
-                through = self.render(messages[: i + 1])
-                if not through.startswith(before) or not full.startswith(through):
-                    raise ValueError("template does not render prefixes as prefixes")
-                turn = through[len(before) :]
-                end = len(before) + len(turn.rstrip())  # up to and including the end-of-turn token
-                if i == 0:  # no prompt to strip: start at the message content
-                    start = through.find(message["content"])
-                    if start < 0:
-                        raise ValueError("assistant content not found")
-                else:
-                    start = len(before)
-                if end > start:
-                    spans.append((start, end))
-            return full, spans, False
-        except Exception:  # any template error or non-prefix template: locate contents instead
-            return full, self._find_spans(full, messages), True
-
-    def _find_spans(self, full: str, messages: list[dict[str, str]]) -> list[tuple[int, int]]:
-        eos = self.tokenizer.eos_token or ""
-        spans = []
-        cursor = 0
-        for message in messages:
-            content = message["content"]
-            at = full.find(content, cursor)
-            if at < 0:
-                at = full.find(content.strip(), cursor)
-                content = content.strip()
-            if at < 0:
-                continue
-            end = at + len(content)
-            if message["role"] == "assistant":
-                tail = full[end:]
-                stripped = tail.lstrip()
-                if eos and stripped.startswith(eos):
-                    end += len(tail) - len(stripped) + len(eos)
-                spans.append((at, end))
-            cursor = end
-        return spans
 
     def encode(self, examples: Sequence[Example], max_seq_len: int) -> tuple[list[Sample], DataStats]:
         """Tokenize, mask, truncate; samples without any target token are dropped and counted."""
@@ -185,7 +202,7 @@ class ChatEncoder:
                         "the model's tokenizer has no chat template, so chat data cannot be rendered",
                         problems=[Problem("messages", "no chat template", "use a chat model or text data")],
                     )
-                full, sp, fell_back = self.assistant_spans(ex.messages)
+                full, sp, fell_back = assistant_spans(self.tokenizer, ex.messages)
                 stats.fallback_spans += fell_back
                 texts.append(full)
                 spans.append(sp)
@@ -208,10 +225,7 @@ class ChatEncoder:
             for k, i in enumerate(chat):
                 ids = list(enc["input_ids"][k])
                 offsets = np.asarray(enc["offset_mapping"][k], dtype=np.int64).reshape(-1, 2)
-                target = np.zeros(len(ids), dtype=bool)
-                for start, end in spans[i] or ():  # a token overlapping an assistant span is learned
-                    target |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
-                encoded[i] = (ids, target.tolist())
+                encoded[i] = (ids, target_mask(offsets, spans[i] or ()).tolist())
         if plain:
             enc = self.tokenizer([texts[i] for i in plain], add_special_tokens=True)
             for k, i in enumerate(plain):
