@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from onebox.errors import InvalidInputError, ModelLoadError, Problem
+from onebox.errors import InvalidInputError, ModelLoadError, OneboxError, Problem
 
 _POOLINGS = {
     "pooling_mode_mean_tokens": "mean",
@@ -106,9 +106,12 @@ class EmbeddingEngine:
     def from_model_dir(
         cls, path: Path | str, threads: int | None = None, *, device: str = "cpu", batch_size: int = 32
     ) -> EmbeddingEngine:
-        """Load offline; ``threads`` sets torch's intra-op threads (process-wide)."""
+        """Load offline (weight files may be sealed pointers); ``threads`` sets torch's intra-op
+        threads (process-wide)."""
         import torch
         from transformers import AutoModel, AutoTokenizer
+
+        from onebox.models.pretrained import load_pretrained
 
         root = Path(path)
         if not root.is_dir():
@@ -118,9 +121,10 @@ class EmbeddingEngine:
             torch.set_num_threads(threads)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(layout.encoder_dir), local_files_only=True)
-            model = AutoModel.from_pretrained(
-                str(layout.encoder_dir), local_files_only=True, dtype=torch.float32
-            )
+            # weights may be sealed pointers (encrypted store): decrypted into memory, never a file
+            model = load_pretrained(AutoModel, layout.encoder_dir, local_files_only=True, dtype=torch.float32)
+        except OneboxError:  # a sealed weight's store or integrity problem, said precisely
+            raise
         except Exception as exc:  # transformers raises many types; all mean "cannot load"
             raise ModelLoadError(
                 f"could not load the encoder in {layout.encoder_dir}: {exc}", path=str(root)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from onebox.errors import ConfigError, ErrorList, ModelLoadError
+from onebox.errors import ConfigError, ErrorList, ModelLoadError, OneboxError
 from onebox.rag.types import Hit
 
 
@@ -60,9 +60,11 @@ class Reranker:
 
     @classmethod
     def load(cls, model_dir: Path | str, config: RerankerConfig | None = None) -> Reranker:
-        """Load a registered cross-encoder directory offline."""
+        """Load a registered cross-encoder directory offline (weight files may be sealed pointers)."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from onebox.models.pretrained import load_pretrained
 
         cfg = config or RerankerConfig()
         root = Path(model_dir)
@@ -72,9 +74,12 @@ class Reranker:
             torch.set_num_threads(cfg.threads)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(root), local_files_only=True, dtype=torch.float32
+            # weights may be sealed pointers (encrypted store): decrypted into memory, never a file
+            model = load_pretrained(
+                AutoModelForSequenceClassification, root, local_files_only=True, dtype=torch.float32
             )
+        except OneboxError:  # a sealed weight's store or integrity problem, said precisely
+            raise
         except Exception as exc:  # transformers raises many types; all mean "cannot load"
             raise ModelLoadError(f"could not load the reranker in {root}: {exc}", path=str(root)) from exc
         model.eval()
