@@ -76,6 +76,35 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024**2
     """Largest request body the API accepts (bytes); larger uploads get 413."""
 
+    node_name: str | None = None
+    """This machine's name in monitoring (the ``node`` label); default: its host name."""
+
+    monitor_interval_s: float = 10.0
+    """Seconds between two collection passes of the monitor inside ``onebox serve`` (0: off)."""
+
+    monitor_raw_retention_s: int = 24 * 3600
+    """How long raw samples are kept (seconds); older ones survive only as rollups."""
+
+    monitor_rollup_s: int = 60
+    """Width of the rollup buckets (seconds): each holds the mean of the raw samples in it."""
+
+    monitor_rollup_retention_s: int = 30 * 24 * 3600
+    """How long rollups are kept (seconds)."""
+
+    @field_validator("monitor_interval_s")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if v != 0 and not 1 <= v <= 3600:
+            raise ValueError("must be 0 (off) or between 1 and 3600 seconds")
+        return v
+
+    @field_validator("monitor_rollup_s")
+    @classmethod
+    def _rollup(cls, v: int) -> int:
+        if not 1 <= v <= 86400:
+            raise ValueError("must be between 1 and 86400 seconds")
+        return v
+
     @field_validator("kb_index_url")
     @classmethod
     def _pg_url(cls, v: str | None) -> str | None:
@@ -90,6 +119,8 @@ class Settings(BaseSettings):
         "login_lockout_seconds",
         "session_ttl_seconds",
         "max_upload_bytes",
+        "monitor_raw_retention_s",
+        "monitor_rollup_retention_s",
     )
     @classmethod
     def _non_negative(cls, v: int) -> int:

@@ -30,6 +30,9 @@ TABLES = {
     "web_sessions",
     "audit_log",
     "use_policies",
+    "nodes",
+    "metric_series",
+    "metric_points",
 }
 
 
@@ -38,7 +41,7 @@ def test_upgrade_creates_every_table_and_matches_models(db_url: str) -> None:
     db.migrate()
     db.migrate()  # idempotent
     assert set(inspect(db.engine).get_table_names()) >= TABLES
-    assert current_revision(db.engine) == "0003"
+    assert current_revision(db.engine) == "0004"
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []

@@ -407,3 +407,59 @@ class UsePolicy(Timestamped, Base):
     rules: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
     """Allowed projects/users/roles, valid_from/until, time-of-day windows, host fingerprints."""
     created_by: Mapped[str] = mapped_column(String(128), default="", nullable=False)
+
+
+# -- monitoring (migration 0004) ----------------------------------------------------------------
+
+
+class Node(Base):
+    """A machine that runs onebox: its identity, software versions, devices and heartbeat."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The node's name in monitoring (``node_name`` setting; default its host name)."""
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    interval_s: Mapped[float] = mapped_column(Float, default=10.0, nullable=False)
+    """The node's collection interval: a heartbeat older than a few of these means it is lost."""
+    healthy: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
+    problems: Mapped[list[Any]] = mapped_column(JSONType, default=list, nullable=False)
+    """Failed health checks of the latest pass, one line each."""
+    versions: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    """CPUs, memory, GPUs (index, name, uuid, memory), boot time."""
+    summary: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    """The node-level samples of the latest pass (metric -> value), for cluster aggregates."""
+
+
+class MetricSeries(Base):
+    """One time series: a metric of a resource at a level, as seen from a node."""
+
+    __tablename__ = "metric_series"
+    __table_args__ = (
+        UniqueConstraint("node", "level", "resource", "metric"),
+        Index("ix_metric_series_level_metric", "level", "metric"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(128), nullable=False)
+    level: Mapped[str] = mapped_column(String(16), nullable=False)  # component | node | cluster | task
+    resource: Mapped[str] = mapped_column(String(255), nullable=False)  # cpu0, fs:/, gpu1, job:job_...
+    metric: Mapped[str] = mapped_column(String(128), nullable=False)
+    name: Mapped[str] = mapped_column(String(255), default="", nullable=False)
+    """Display name of the resource (a job's or deployment's name, a GPU's model)."""
+    project_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    """Task-level series belong to a project (only its members see them); None for the hardware."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+class MetricPoint(Base):
+    """One value of a series: raw (``resolution`` 0) or the mean of a ``resolution``-second bucket."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (Index("ix_metric_points_resolution_ts", "resolution", "ts"),)
+    series_id: Mapped[int] = mapped_column(ForeignKey("metric_series.id"), primary_key=True)
+    resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    """Unix time in milliseconds (a rollup's bucket start)."""
+    value: Mapped[float] = mapped_column(Float, nullable=False)
