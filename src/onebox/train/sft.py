@@ -13,6 +13,10 @@ Outputs under ``out_dir``: ``adapter/`` (LoRA: peft adapter + tokenizer), ``mode
 fine-tuning, or the merged model when ``merge``), ``checkpoints/step-*`` (the last ``keep_last``)
 and ``result.json``. Calling :func:`run_sft` again on the same ``out_dir`` resumes from the newest
 valid checkpoint; a finished run just re-exports.
+
+With encryption at rest the caller passes a ``sealer`` (checkpoints are sealed, see
+:mod:`onebox.train.checkpoint`) and an ``export_dir`` in a private memory folder, so the exported
+adapter/model never lands in the job folder in plaintext.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from onebox.errors import (
     ArtifactCorruptedError,
     ConfigError,
     Problem,
+    TamperedError,
     TrainingDivergedError,
 )
 from onebox.fsutil import atomic_dir, atomic_write_text
+from onebox.security.streams import Sealer
 from onebox.train import checkpoint as ckpt
 from onebox.train.config import SFTConfig
 from onebox.train.data import (
@@ -126,17 +132,31 @@ def run_sft(
     out_dir: Path,
     config: SFTConfig,
     hooks: SFTHooks | None = None,
+    *,
+    sealer: Sealer | None = None,
+    export_dir: Path | None = None,
 ) -> SFTResult:
     """Fine-tune ``base_dir`` on ``train_file``; resume from ``out_dir/checkpoints`` if any.
 
     Runs in this process, or as one rank of a ``torchrun`` group (``WORLD_SIZE`` set): then rank 0
     writes checkpoints and outputs and every rank returns the same result. For ``config.nproc > 1``
-    from a plain process use :func:`onebox.train.launch.run_sft_distributed`.
+    from a plain process use :func:`onebox.train.launch.run_sft_distributed`. ``sealer`` seals the
+    checkpoints; ``export_dir`` (default ``out_dir``) receives ``adapter/`` and ``model/``.
     """
     config.validate()
     dist = Dist.start()
     try:
-        return _Run(Path(base_dir), Path(train_file), val_file, Path(out_dir), config, hooks, dist).run()
+        return _Run(
+            Path(base_dir),
+            Path(train_file),
+            val_file,
+            Path(out_dir),
+            config,
+            hooks,
+            dist,
+            sealer=sealer,
+            export_dir=Path(export_dir) if export_dir is not None else None,
+        ).run()
     finally:
         dist.close()
 
@@ -262,6 +282,9 @@ class _Run:
         config: SFTConfig,
         hooks: SFTHooks | None,
         dist: Dist,
+        *,
+        sealer: Sealer | None = None,
+        export_dir: Path | None = None,
     ) -> None:
         self.base_dir = base_dir
         self.train_file = train_file
@@ -273,6 +296,8 @@ class _Run:
         self.dist = dist
         self.device = dist.device()
         self.state = _State()
+        self.sealer = sealer
+        self.export_root = export_dir or out_dir
         self.session_tokens = 0
         self.session_time = 0.0
 
@@ -438,7 +463,7 @@ class _Run:
                 "counters": self.state.as_dict(),
             }
             meta = {"fingerprints": self.fingerprints, "total_steps": self.plan.total_steps}
-            path = ckpt.save(self.ckpt_dir, self.state.step, state, meta)
+            path = ckpt.save(self.ckpt_dir, self.state.step, state, meta, self.sealer)
             ckpt.prune(self.ckpt_dir, self.config.keep_last)
             if self.hooks.on_checkpoint:
                 self.hooks.on_checkpoint(self.state.step, path)
@@ -456,7 +481,9 @@ class _Run:
                     problems=mismatch,
                 )
             try:
-                return info, ckpt.load(info)
+                return info, ckpt.load(info, self.sealer)
+            except TamperedError as exc:  # reported as such, then the same fallback as corruption
+                self.note(f"skipping {info.path.name}: tampered with ({exc.code}): {exc}")
             except ArtifactCorruptedError as exc:
                 self.note(f"skipping {info.path.name}: {exc}")
         return None
@@ -757,8 +784,8 @@ class _Run:
     def export(self) -> tuple[Path | None, Path | None]:
         """Write the adapter (LoRA) and/or the model (full, merged) atomically; rank 0 only."""
         cfg = self.config
-        adapter_dir = self.out_dir / "adapter" if self.loaded.peft else None
-        model_dir = self.out_dir / "model" if (cfg.method == "full" or cfg.merge) else None
+        adapter_dir = self.export_root / "adapter" if self.loaded.peft else None
+        model_dir = self.export_root / "model" if (cfg.method == "full" or cfg.merge) else None
         full_state = None
         if self.fsdp and model_dir is not None:  # gather the shards (every rank takes part)
             prefix = "model."
