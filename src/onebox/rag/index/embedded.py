@@ -7,6 +7,12 @@ Dense search runs over an in-memory copy of the vectors: exact below ``ann_thres
 through an HNSW graph (``ann/``) above it. The graph is a cache: it records the SQLite generation
 it reflects and is caught up from the ``removed`` log and the new rows, or rebuilt from the blobs
 when it is missing, damaged or too old, so a crash at any point never damages the knowledge base.
+
+Given a :class:`~onebox.security.streams.Sealer` (an encrypted knowledge base), the index holds no
+plaintext on disk: ``index.sqlite`` is a SQLCipher database keyed from the sealer's data key,
+and the graph file is sealed with AES-GCM (hnswlib reads and writes only paths, so the graph
+passes through a temporary file in the process's private memory folder). Without one, both are
+plaintext, as before; the caller decides which (a KB remembers whether it was created encrypted).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from onebox.rag.index import _sqlite as sq
 from onebox.rag.index._ann import AnnGraph, Progress
 from onebox.rag.index._vectors import VectorTable
 from onebox.rag.types import Chunk, DocumentRecord, Hit, IndexStats, SearchFilter
+from onebox.security.streams import Sealer
 
 DB_FILE = "index.sqlite"
 ANN_DIR = "ann"
@@ -58,8 +65,12 @@ class EmbeddedIndex:
         exact_filter_limit: int = EXACT_FILTER_LIMIT,
         postings_budget: int = _lexical.POSTINGS_BUDGET,
         progress: Progress | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.path = Path(path)
+        self.sealer = sealer
+        """Encrypts the database and seals the graph file; None keeps them plaintext."""
+        self._key = sq.index_key(sealer.key) if sealer is not None else None
         self.path.mkdir(parents=True, exist_ok=True)
         self.dim = dim
         self._db = self.path / DB_FILE
@@ -87,7 +98,7 @@ class EmbeddedIndex:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sq.connect(self._db)
+            conn = sq.connect(self._db, self._key)
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
@@ -96,7 +107,7 @@ class EmbeddedIndex:
     def _read(self, what: str, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
             return self._conn().execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
+        except sq.Error as exc:
             raise sq.wrap(exc, self._db, what) from exc
 
     # -- writes -------------------------------------------------------------------------------
@@ -192,7 +203,7 @@ class EmbeddedIndex:
                 )
                 keys, docs, vecs = self._rows(conn, "WHERE id > ?", (self._table.max_key,))
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except sq.Error as exc:
                 sq._rollback(conn)
                 raise sq.wrap(exc, self._db, "reading vectors") from exc
             self._table.remove(gone)
@@ -235,7 +246,7 @@ class EmbeddedIndex:
         self._ann = None
         if len(self._table) < self._ann_threshold or not _ann.available():
             return
-        loaded = AnnGraph.load(self.path / ANN_DIR, self.dim)
+        loaded = AnnGraph.load(self.path / ANN_DIR, self.dim, self.sealer)
         if loaded is not None:
             graph, meta = loaded
             if floor <= meta.generation <= gen and self._catch_up(graph, meta):
@@ -285,7 +296,9 @@ class EmbeddedIndex:
         with self._dense_lock:
             if self._ann is None or self._table is None or self._saved_gen == self._gen:
                 return
-            self._ann.save(self.path / ANN_DIR, self._gen, self._table.max_key, force=force)
+            self._ann.save(
+                self.path / ANN_DIR, self._gen, self._table.max_key, force=force, sealer=self.sealer
+            )
             self._saved_gen, self._unsaved = self._gen, 0
             self._prune_log(self._gen)
 
@@ -295,7 +308,7 @@ class EmbeddedIndex:
         try:
             if conn.execute("SELECT count(*) FROM removed").fetchone()[0] <= _LOG_KEEP:
                 return
-        except sqlite3.Error as exc:
+        except sq.Error as exc:
             raise sq.wrap(exc, self._db, "trimming the removed log") from exc
         with sq.write(conn, self._db, "trimming the removed log"):
             conn.execute("DELETE FROM removed WHERE gen <= ?", (saved_gen,))
@@ -340,7 +353,7 @@ class EmbeddedIndex:
             else:
                 ids, scores = [r[0] for r in rows], [-float(r[1]) for r in rows]
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sq.Error as exc:
             sq._rollback(conn)
             raise sq.wrap(exc, self._db, "lexical search") from exc
         return self._hits(ids, scores, "lexical")
@@ -427,7 +440,7 @@ class EmbeddedIndex:
             self.flush()
         with self._conns_lock:
             for conn in self._conns:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(*sq.Error):
                     conn.close()
             self._conns.clear()
 

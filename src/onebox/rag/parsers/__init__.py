@@ -71,23 +71,33 @@ def format_for(path: Path) -> str:
 
 
 def parse_file(
-    path: Path, *, source: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES, ocr: bool = True
+    path: Path,
+    *,
+    source: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    ocr: bool = True,
+    data: bytes | None = None,
 ) -> ParsedDocument:
     """Parse one document into elements in reading order.
 
     ``source`` is the name shown to users (defaults to the file name); ``ocr=False`` skips image
-    files' and scanned pages' OCR (with a warning) for fast ingestion. Raises only
+    files' and scanned pages' OCR (with a warning) for fast ingestion. ``data`` is the content when
+    it is already in memory (a decrypted sealed file): ``path`` then only names it, and every
+    parser reads the bytes (no plaintext file is written). Raises only
     :class:`~onebox.errors.DocumentError` subclasses and :class:`DependencyMissingError`.
     """
     path = Path(path)
     source = source or path.name
     fmt = format_for(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise DocumentError(f"{source}: cannot be read ({exc.strerror or exc}); check the path.") from exc
-    if not path.is_file():
-        raise DocumentError(f"{source}: is not a regular file.", source=source)
+    if data is not None:
+        size = len(data)
+    else:
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise DocumentError(f"{source}: cannot be read ({exc.strerror or exc}); check the path.") from exc
+        if not path.is_file():
+            raise DocumentError(f"{source}: is not a regular file.", source=source)
     if size == 0:
         raise EmptyInputError(f"{source}: the file is empty (0 bytes); nothing to add.", source=source)
     if size > max_bytes:
@@ -99,9 +109,9 @@ def parse_file(
             limit=max_bytes,
         )
     try:
-        check_content(path, fmt, source)
+        check_content(path, fmt, source, data)
         module = _load(fmt)
-        ctx = ParseContext(path=path, source=source, ocr=ocr)
+        ctx = ParseContext(path=path, source=source, ocr=ocr, data=data)
         doc: ParsedDocument = module.parse(ctx)
     except OneboxError:
         raise

@@ -7,6 +7,7 @@ is rendered and how heading paths are tracked, or chunks from different formats 
 from __future__ import annotations
 
 import codecs
+import io
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -181,12 +182,23 @@ class HeadingTracker:
 
 @dataclass
 class ParseContext:
-    """What one parse needs besides the file: the user's name for it, options, and warnings."""
+    """What one parse needs besides the file: the user's name for it, options, and warnings.
+
+    ``data``, when given, is the document's content and ``path`` only names it: a sealed source
+    is decrypted in memory and handed to the parsers as bytes, never written out in plaintext."""
 
     path: Path
     source: str
     ocr: bool = True
     warnings: list[str] = field(default_factory=list)
+    data: bytes | None = field(default=None, repr=False)
+
+    def read_bytes(self) -> bytes:
+        return self.data if self.data is not None else self.path.read_bytes()
+
+    def file(self) -> io.BytesIO | str:
+        """What a parser library opens: an in-memory file for ``data``, else the path."""
+        return io.BytesIO(self.data) if self.data is not None else str(self.path)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

@@ -21,7 +21,7 @@ def _dialect(sample: str, is_tsv: bool) -> type[csv.Dialect] | csv.Dialect:
 
 
 def parse(ctx: ParseContext) -> ParsedDocument:
-    text, _ = decode_bytes(ctx.path.read_bytes(), ctx.source)
+    text, _ = decode_bytes(ctx.read_bytes(), ctx.source)
     csv.field_size_limit(16 * 1024 * 1024)
     dialect = _dialect(text[: 64 * 1024], ctx.path.suffix.lower() == ".tsv")
     rows = list(csv.reader(io.StringIO(text, newline=""), dialect))

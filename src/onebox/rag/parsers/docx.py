@@ -82,7 +82,7 @@ def _margins(document: Any) -> tuple[list[str], list[str]]:
 
 
 def parse(ctx: ParseContext) -> ParsedDocument:
-    document = docx.Document(str(ctx.path))
+    document = docx.Document(ctx.file())
     headings = HeadingTracker()
     body: list[Element] = []
     title = clean_line(document.core_properties.title or "")

@@ -130,7 +130,7 @@ def _decode(data: bytes, source: str) -> str:
 
 
 def parse(ctx: ParseContext) -> ParsedDocument:
-    soup = BeautifulSoup(_decode(ctx.path.read_bytes(), ctx.source), "lxml")
+    soup = BeautifulSoup(_decode(ctx.read_bytes(), ctx.source), "lxml")
     title_tag = soup.find("title")
     meta_title = clean_line(title_tag.get_text()) if title_tag else ""
     for tag in soup.find_all(_DROP):

@@ -14,7 +14,7 @@ Image.MAX_IMAGE_PIXELS = 200_000_000  # a scan at 600 dpi is far below; decompre
 
 def parse(ctx: ParseContext) -> ParsedDocument:
     try:
-        img = Image.open(ctx.path)
+        img = Image.open(ctx.file())
         img.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
         raise CorruptDocumentError(

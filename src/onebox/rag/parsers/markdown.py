@@ -30,7 +30,7 @@ def _inline_text(token: Token) -> str:
 
 
 def parse(ctx: ParseContext) -> ParsedDocument:
-    text, _ = decode_bytes(ctx.path.read_bytes(), ctx.source)
+    text, _ = decode_bytes(ctx.read_bytes(), ctx.source)
     tokens = MarkdownIt("commonmark").enable("table").parse(text)
     h1_is_title = sum(1 for t in tokens if t.type == "heading_open" and t.tag == "h1") == 1
     headings = HeadingTracker()

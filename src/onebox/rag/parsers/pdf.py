@@ -54,7 +54,7 @@ def _error(exc: BaseException, source: str) -> DocumentError:
 
 def parse(ctx: ParseContext) -> ParsedDocument:
     try:
-        with pdfplumber.open(ctx.path) as pdf:
+        with pdfplumber.open(ctx.file()) as pdf:
             return _parse(ctx, pdf)
     except DocumentError:
         raise
@@ -199,7 +199,7 @@ def _ocr_pages(ctx: ParseContext, numbers: list[int]) -> dict[int, list[str]]:
     from onebox.rag.parsers.ocr import ocr_image
 
     out: dict[int, list[str]] = {}
-    doc = pypdfium2.PdfDocument(str(ctx.path))
+    doc = pypdfium2.PdfDocument(ctx.data if ctx.data is not None else str(ctx.path))
     try:
         for number in numbers:
             page = doc[number - 1]

@@ -49,7 +49,7 @@ def _frame_elements(shape: Any, slide: int, path: tuple[str, ...]) -> list[Eleme
 
 
 def parse(ctx: ParseContext) -> ParsedDocument:
-    prs = pptx.Presentation(str(ctx.path))
+    prs = pptx.Presentation(ctx.file())
     elements: list[Element] = []
     first_title = ""
     n_slides = 0

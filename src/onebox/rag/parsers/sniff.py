@@ -6,6 +6,7 @@ turns "a .pdf that is really a zip" into a clear error naming the file and the r
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -54,10 +55,14 @@ def _describe(kind: str) -> str:
     )
 
 
-def check_content(path: Path, fmt: str, source: str) -> None:
-    """Raise unless the bytes of ``path`` fit the parser ``fmt`` chosen from its extension."""
-    with path.open("rb") as fh:
-        head = fh.read(4096)
+def check_content(path: Path, fmt: str, source: str, data: bytes | None = None) -> None:
+    """Raise unless the bytes of ``path`` (or ``data``, its content in memory) fit the parser
+    ``fmt`` chosen from its extension."""
+    if data is not None:
+        head = data[:4096]
+    else:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
     kind = sniff(head)
     ext = path.suffix.lower()
     if fmt == "pdf" and kind != "pdf":
@@ -68,7 +73,7 @@ def check_content(path: Path, fmt: str, source: str) -> None:
         )
     if fmt in _OOXML_MAIN:
         if kind == "ole":
-            if _ole_is_encrypted(path):
+            if _ole_is_encrypted(path, data):
                 raise EncryptedDocumentError(
                     f"{source}: the file is password-protected; remove the password (save an unprotected "
                     "copy) and add it again.",
@@ -85,7 +90,7 @@ def check_content(path: Path, fmt: str, source: str) -> None:
                 f"save it again as {ext} or give it its real extension.",
                 source=source,
             )
-        _check_ooxml(path, fmt, source)
+        _check_ooxml(io.BytesIO(data) if data is not None else path, fmt, source)
     if fmt == "image" and kind not in _IMAGE_KINDS:
         raise CorruptDocumentError(
             f"{source}: named {ext} but holds {_describe(kind)}, not an image.", source=source
@@ -97,7 +102,7 @@ def check_content(path: Path, fmt: str, source: str) -> None:
         )
 
 
-def _check_ooxml(path: Path, fmt: str, source: str) -> None:
+def _check_ooxml(path: Path | io.BytesIO, fmt: str, source: str) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -118,8 +123,11 @@ def _check_ooxml(path: Path, fmt: str, source: str) -> None:
         )
 
 
-def _ole_is_encrypted(path: Path) -> bool:
+def _ole_is_encrypted(path: Path, content: bytes | None = None) -> bool:
     """Encrypted OOXML files are OLE containers with an ``EncryptedPackage`` stream."""
-    with path.open("rb") as fh:
-        data = fh.read(1 << 20)
+    if content is not None:
+        data = content[: 1 << 20]
+    else:
+        with path.open("rb") as fh:
+            data = fh.read(1 << 20)
     return "EncryptedPackage".encode("utf-16-le") in data or "EncryptionInfo".encode("utf-16-le") in data

@@ -11,7 +11,7 @@ _BLANK_LINE = re.compile(r"\n[ \t\u3000]*\n")
 
 
 def parse(ctx: ParseContext) -> ParsedDocument:
-    text, _ = decode_bytes(ctx.path.read_bytes(), ctx.source)
+    text, _ = decode_bytes(ctx.read_bytes(), ctx.source)
     text = clean_text(text)
     elements = [el for block in _BLANK_LINE.split(text) if (el := text_element("paragraph", block))]
     return ctx.document("txt", ctx.path.stem, elements)

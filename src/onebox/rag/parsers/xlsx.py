@@ -10,7 +10,7 @@ from onebox.rag.types import Element, ParsedDocument
 
 def parse(ctx: ParseContext) -> ParsedDocument:
     # read_only streams rows (large sheets fit in memory); data_only gives cached formula results.
-    wb = openpyxl.load_workbook(ctx.path, read_only=True, data_only=True)
+    wb = openpyxl.load_workbook(ctx.file(), read_only=True, data_only=True)
     try:
         elements: list[Element] = []
         sheets = wb.worksheets
