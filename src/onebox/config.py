@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     master key (see ``onebox.security.keys``)."""
 
     metrics_public: bool = False
-    """Serve ``/metrics`` without credentials (for a Prometheus that cannot send a bearer token)."""
+    """Serve ``/metrics`` without credentials (for a Prometheus that cannot send a bearer token);
+    it then shows every project's task series, as it does to administrators."""
 
     admin_password: str | None = Field(default=None, repr=False)
     """Password of the first admin, for unattended setups; without it ``onebox init`` generates

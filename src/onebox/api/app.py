@@ -1,6 +1,10 @@
 """The gateway (``onebox serve``): OpenAI-compatible ``/v1`` routed to deployment workers, the
 ``/api/v1`` control plane, ``/health`` and ``/metrics``.
 
+The gateway that supervises the workers also runs the monitor (``onebox.monitoring``): every
+``monitor_interval_s`` it collects the four levels into the store, and ``/metrics`` serves its
+latest snapshot next to the gateway's own request metrics.
+
 ``/v1`` requests are proxied by their ``model`` field to a ready replica of the deployment that
 serves it (fewest requests in flight first). Bodies pass through untouched and streams are
 relayed chunk by chunk as they arrive; when the client goes away the upstream request is closed,
@@ -27,14 +31,18 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from onebox import __version__
-from onebox.api import identity_routes, kbs_routes
+from onebox.api import identity_routes, kbs_routes, metrics_routes
 from onebox.api.auth import authorize, install_auth, principal_of
+from onebox.api.deployment_counters import deployment_counters
 from onebox.api.deployments_routes import router as deployments_router
 from onebox.api.errors import error_response, install_error_handlers, openai_error_body
 from onebox.api.gateway_metrics import GatewayMetrics, StreamMeter
 from onebox.api.middleware import install_middleware
 from onebox.config import Settings, load_settings
 from onebox.errors import InvalidInputError, OneboxError, Problem, UnavailableError
+from onebox.monitoring import exposition
+from onebox.monitoring.loop import Monitor, MonitorConfig, MonitorTask
+from onebox.monitoring.tasks import DeploymentCounters
 from onebox.security.quotas import LimitsCache, QuotaGate, Ticket, tokens_from_usage
 from onebox.serve.supervisor import Replica, Route, Supervisor
 from onebox.services.context import open_app
@@ -70,14 +78,24 @@ class ClientGone(Exception):
 
 
 def create_app(
-    settings: Settings | None = None, *, supervise: bool = True, **supervisor_options: Any
+    settings: Settings | None = None,
+    *,
+    supervise: bool = True,
+    monitor: bool | None = None,
+    **supervisor_options: Any,
 ) -> FastAPI:
     """The gateway app. With ``supervise`` it runs the deployments' workers (one such gateway per
-    home); without, it only serves the control plane and routes nothing."""
+    home); without, it only serves the control plane and routes nothing. ``monitor`` (default:
+    as ``supervise``) runs the monitor unless ``monitor_interval_s`` is 0."""
     settings = settings or load_settings()
     onebox = open_app(settings)
     supervisor = Supervisor(onebox, **supervisor_options)
     metrics = GatewayMetrics()
+    monitoring = (supervise if monitor is None else monitor) and settings.monitor_interval_s > 0
+
+    async def counters() -> list[DeploymentCounters]:
+        stats = await supervisor.worker_stats() if supervise else []
+        return deployment_counters(supervisor, metrics, stats)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,9 +105,15 @@ def create_app(
         )
         if supervise:
             await supervisor.start()
+        if monitoring:
+            mon = await asyncio.to_thread(Monitor, onebox.db, MonitorConfig.from_settings(settings))
+            app.state.monitor = MonitorTask(mon, counters)
+            app.state.monitor.start()
         try:
             yield
         finally:
+            if app.state.monitor is not None:
+                await app.state.monitor.stop()
             if supervise:
                 await supervisor.stop()
             await app.state.http.aclose()
@@ -109,12 +133,14 @@ def create_app(
                 "description": "Index documents; search them; answer questions with citations. "
                 "`/v1/chat/completions` takes an optional `knowledge_base` to ground its answer.",
             },
+            {"name": "monitoring", "description": "Time series of the four levels; nodes and their health."},
             {"name": "system", "description": "Health and Prometheus metrics."},
         ],
     )
     app.state.onebox = onebox
     app.state.supervisor = supervisor
     app.state.metrics = metrics
+    app.state.monitor = None
     app.state.quota_gate = QuotaGate()
     app.state.quota_limits = LimitsCache(onebox.db)
     install_error_handlers(app, openai_shape_prefix="/v1")
@@ -123,6 +149,7 @@ def create_app(
     app.include_router(deployments_router)
     app.include_router(kbs_routes.router)
     app.include_router(identity_routes.router)
+    app.include_router(metrics_routes.router)
 
     @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streaming or not)")
     async def chat_completions(request: Request) -> Response:
@@ -155,9 +182,16 @@ def create_app(
         }
 
     @app.get("/metrics", tags=["system"], summary="Prometheus metrics", response_class=Response)
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
         metrics.set_workers(supervisor, await supervisor.worker_stats())
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        body = metrics.render()
+        task: MonitorTask | None = app.state.monitor
+        if task is not None:
+            # a caller who is not an administrator sees only its own project's task series
+            principal = getattr(request.state, "principal", None)
+            projects = None if principal is None or principal.is_admin else [principal.project_id]
+            body += exposition.render(await task.snapshot(), task.monitor.node, projects)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
 

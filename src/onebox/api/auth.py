@@ -43,6 +43,8 @@ PERMISSIONS: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/kbs/{kb}/search"): "infer",
     ("POST", "/api/v1/kbs/{kb}/ask"): "infer",
     ("GET", "/metrics"): "read",
+    ("GET", "/api/v1/metrics/query"): "read",
+    ("GET", "/api/v1/nodes"): "read",
     ("GET", "/api/v1/audit"): "audit",
     ("GET", "/api/v1/audit/verify"): "audit",
     ("GET", "/api/v1/auth/me"): None,

@@ -138,14 +138,25 @@ class MonitorTask:
         self.monitor = monitor
         self.deployments = deployments
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one pass at a time: the writer and rate state are not shared-safe
 
     def start(self) -> None:
         if self.monitor.config.interval_s > 0:
             self._task = asyncio.create_task(self._run(), name="onebox-monitor")
 
     async def pass_once(self) -> Snapshot:
-        counters = await self.deployments() if self.deployments is not None else None
-        return await asyncio.to_thread(self.monitor.step, counters)
+        async with self._lock:
+            counters = await self.deployments() if self.deployments is not None else None
+            return await asyncio.to_thread(self.monitor.step, counters)
+
+    async def snapshot(self) -> Snapshot:
+        """The latest snapshot, after a first pass if none ran yet (a scrape right after start)."""
+        latest = self.monitor.latest
+        if latest is not None:
+            return latest
+        async with self._lock:
+            latest = self.monitor.latest
+        return latest if latest is not None else await self.pass_once()
 
     async def _run(self) -> None:
         interval = self.monitor.config.interval_s
