@@ -69,7 +69,8 @@ def test_sealed_folder_gives_the_plaintext_model(tied_model: Path, tmp_path: Pat
     assert torch.equal(_logits(plain), _logits(inmem))
     assert inmem.lm_head.weight is inmem.model.embed_tokens.weight  # still tied
     assert inmem.generation_config.to_dict() == plain.generation_config.to_dict()
-    assert inmem.config.name_or_path == str(sealed_dir) and not inmem.training
+    assert inmem.config.name_or_path == inmem.name_or_path == str(sealed_dir) and not inmem.training
+    assert plain.name_or_path == str(tied_model)  # what peft records as the adapter's base
     for dtype in (torch.bfloat16, "auto"):
         a, b = _load(tied_model, dtype=dtype), _load(sealed_dir, dtype=dtype)
         assert a.dtype == b.dtype and torch.equal(_logits(a), _logits(b))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onebox.errors import ModelLoadError
+from onebox.errors import ModelLoadError, OneboxError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -78,11 +78,14 @@ def load_for_eval(
     """Return ``(model, tokenizer)``: the causal LM in eval mode with the adapter applied.
 
     ``dtype`` is ``auto`` (bf16 where fast, else fp32), ``float32``, ``bfloat16`` or ``float16``;
-    ``device`` defaults to CUDA when available. Any failure raises :class:`ModelLoadError`
-    naming the path and the reason.
+    ``device`` defaults to CUDA when available. Weight files may be sealed pointers (an encrypted
+    store's checkout), decrypted into memory. Any failure raises :class:`ModelLoadError` naming the
+    path and the reason (or the store's own error for a sealed weight it cannot give).
     """
     import torch
     from transformers import AutoModelForCausalLM
+
+    from onebox.models.pretrained import load_pretrained
 
     model_dir = Path(model_dir)
     device = device or default_device()
@@ -100,7 +103,9 @@ def load_for_eval(
     # With an adapter, load in fp32 so the merge happens at full precision, then cast.
     load_dtype = torch.float32 if adapter_dir is not None else target
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=load_dtype)
+        model = load_pretrained(AutoModelForCausalLM, model_dir, dtype=load_dtype)
+    except OneboxError:
+        raise
     except Exception as exc:  # transformers/safetensors raise many types; all mean "cannot load"
         raise ModelLoadError(f"could not load {model_dir}: {exc}", path=str(model_dir)) from exc
     if adapter_dir is not None:
@@ -112,14 +117,16 @@ def load_for_eval(
 
 
 def _apply_adapter(model: Any, adapter_dir: Path, tokenizer: Any) -> Any:
-    from peft import PeftModel
+    from onebox.models.pretrained import load_adapter
 
     embeddings = model.get_input_embeddings()
     if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
         # The adapter was trained with added tokens; its saved embeddings expect the larger table.
         model.resize_token_embeddings(len(tokenizer))
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        peft_model = load_adapter(model, adapter_dir, is_trainable=False)
+    except OneboxError:
+        raise
     except Exception as exc:  # peft raises many types; all mean "cannot apply"
         raise ModelLoadError(
             f"could not apply the adapter {adapter_dir}: {exc}", path=str(adapter_dir)

@@ -179,7 +179,7 @@ def load_pretrained(auto_cls: Any, model_dir: Path, *, dtype: Any = "auto", **kw
     if ignore_shapes:
         info["mismatched_keys"] = ()
     _check_loading(model_dir, info)
-    model.config.name_or_path = str(model_dir)  # as a path load records it (peft saves it)
+    model.config.name_or_path = model.name_or_path = str(model_dir)  # as a path load records it
     return model
 
 

@@ -41,9 +41,13 @@ def model_dirs(app: App, version_id: str) -> tuple[Path, Path | None]:
             if base.status != "ready":
                 raise NotFoundError(f"the base of {label} ({base.model.name}:{base.version}) was deleted")
             base_ref = f"{base.model.name}:{base.version}"
+    # weights stay sealed pointers (encrypted store), decrypted into memory by the loader
     if base_id is None:
-        return models.checkout(app, label), None
-    return models.checkout(app, base_ref), models.checkout(app, label)
+        return models.checkout(app, label, weights_in_memory=True), None
+    return (
+        models.checkout(app, base_ref, weights_in_memory=True),
+        models.checkout(app, label, weights_in_memory=True),
+    )
 
 
 def submit_eval(

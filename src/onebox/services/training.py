@@ -171,7 +171,8 @@ def run_train_job(ctx: Any) -> dict[str, Any]:
 
     # The submitter's identity was checked at submit; when and where still hold at run time.
     policies.enforce(app, "dataset_version", spec["dataset_version_id"], "dataset.load", identity=False)
-    base_dir = models.checkout(app, spec["base"])
+    # weights stay sealed pointers, decrypted into memory by the trainer (and by torchrun ranks)
+    base_dir = models.checkout(app, spec["base"], weights_in_memory=True)
     train_file = datasets.split_path(app, spec["data"], "train", inputs)
     val_file = datasets.split_path(app, spec["data"], "validation", inputs)
     if not datasets.show(app, spec["data"])["num_validation"]:

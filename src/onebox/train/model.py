@@ -197,8 +197,14 @@ class LoadedModel:
 
 
 def load_model(base_dir: Path, config: SFTConfig, precision: Precision, device: torch.device) -> LoadedModel:
-    """Load the base, attach LoRA (or unfreeze it all), set precision, checkpointing, compile."""
+    """Load the base, attach LoRA (or unfreeze it all), set precision, checkpointing, compile.
+
+    The base's weight files may be sealed pointers (an encrypted store's checkout): they are
+    decrypted into memory, so the base never exists as a plaintext file.
+    """
     from transformers import AutoModelForCausalLM
+
+    from onebox.models.pretrained import load_pretrained
 
     attn = attention_implementation(config)
     kwargs: dict[str, Any] = {"dtype": precision.dtype, "attn_implementation": attn}
@@ -213,7 +219,7 @@ def load_model(base_dir: Path, config: SFTConfig, precision: Precision, device: 
         )
         kwargs["device_map"] = {"": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+        model = load_pretrained(AutoModelForCausalLM, base_dir, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load {base_dir} for training: {exc}") from exc
     model.config.use_cache = False

@@ -809,11 +809,13 @@ class _Run:
 
     def _save_merged(self, adapter_dir: Path, dest: Path) -> None:
         """Fold the adapter into a fresh copy of the base in its stored dtype (not the bf16 copy
-        we trained against, which would round the merged weights)."""
-        from peft import PeftModel
+        we trained against, which would round the merged weights). A sealed base is decrypted in
+        memory, like the one we trained."""
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(str(self.base_dir), dtype="auto")
-        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        from onebox.models.pretrained import load_adapter, load_pretrained
+
+        base = load_pretrained(AutoModelForCausalLM, self.base_dir, dtype="auto")
+        merged = load_adapter(base, adapter_dir).merge_and_unload()
         merged.config.use_cache = True
         merged.save_pretrained(str(dest))
