@@ -225,6 +225,9 @@ def _event_hooks(path: Path, stop_file: Path | None) -> SFTHooks:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from onebox.models.pretrained import checkpoint_files
+    from onebox.security.sealed_child import ensure_reader
+
     parser = argparse.ArgumentParser(prog="python -m onebox.train.launch", description=__doc__)
     parser.add_argument("--config", type=Path, required=True, help="SFTConfig as JSON or YAML")
     parser.add_argument("--base-dir", type=Path, required=True)
@@ -242,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     hooks = _event_hooks(args.events, args.stop_file) if args.events else None
     try:
         config = SFTConfig.from_file(args.config)
+        # sealed base weights and data shards: this rank opens the worker's blob store itself
+        ensure_reader([*checkpoint_files(args.base_dir), args.train_file, args.val_file])
         sealer = _read_sealer(args.sealer_file) if args.sealer_file else None
         result = run_sft(
             args.base_dir,
