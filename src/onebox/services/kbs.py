@@ -105,7 +105,7 @@ def _embedder(app: App, version_id: str) -> Any:
                 if mv is None:
                     raise NotFoundError(f"embedding model version {version_id} no longer exists")
                 ref = f"{mv.model.name}:{mv.version}"
-            emb = Embedder.load(models.checkout(app, ref))
+            emb = Embedder.load(models.checkout(app, ref, weights_in_memory=True))
             _embedders[version_id] = emb
         return emb
 
@@ -875,7 +875,7 @@ def _load_local(app: App, model: str) -> tuple[Any, Any, str | None, threading.L
                 f"{model} is a {mv.format} version; answer with a full model or deploy it"
             )
         ref = f"{mv.model.name}:{mv.version}"
-    model_dir = models.checkout(app, ref)
+    model_dir = models.checkout(app, ref, weights_in_memory=True)
     tokenizer = load_tokenizer(model_dir)
     engine = LLMEngine.from_model_dir(model_dir, EngineConfig(max_model_len=2048, max_num_seqs=1))
     template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
