@@ -80,7 +80,8 @@ def eval_command(
         return
     info = watch(app, job.id, LocalExecutor(settings()), enabled=not json_out, cancel_on_interrupt=True)
     raise_for_outcome(info)
+    result = jobs.full_result(app, info["id"], info["result"]) or {}  # opens a sealed result
     if json_out:
-        print_json({"job": info["id"], **info["result"]})
+        print_json({"job": info["id"], **result})
     else:
-        print_eval_result(info["result"])
+        print_eval_result(result)

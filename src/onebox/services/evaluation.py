@@ -3,6 +3,12 @@ held-out questions, for one or more model versions, with a side-by-side report.
 
 The held-out file is stored as a blob referenced by the job, so the worker (possibly on another
 node later) reads exactly what was submitted, and a later edit of the file cannot change a result.
+
+With encryption at rest the questions, references and generated answers never reach the job folder
+or the database in plaintext: the held-out file is exported into the worker's private memory folder,
+and the full result is sealed in the job folder (:func:`onebox.services.jobs.seal_result`); the
+database keeps the scores without the per-question rows, and readers open the sealed copy
+(:func:`onebox.services.jobs.full_result`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from onebox.errors import InvalidInputError, NotFoundError, Problem
 from onebox.jobs.resources import machine_capacity
-from onebox.services import datasets, jobs, models
+from onebox.services import datasets, encryption, jobs, models
 from onebox.services.context import App
 from onebox.services.projects import get_project
 from onebox.store.refs import add_refs
@@ -113,20 +119,48 @@ def submit_eval(
 
 def run_eval_job(ctx: Any) -> dict[str, Any]:
     """Job handler (runs in the worker process)."""
-    from onebox.evaluate.heldout import EvalReport
-    from onebox.evaluate.report import side_by_side
-    from onebox.evaluate.runner import evaluate_model
-
     app = ctx.open_app()
     spec = ctx.spec
     inputs = ctx.work_dir / "inputs"
     shutil.rmtree(inputs, ignore_errors=True)
     inputs.mkdir(parents=True)
     val_file = datasets.split_path(app, spec["data"], "validation", inputs) if spec.get("data") else None
+    private = None
+    if encryption.sealer(app, f"job-{ctx.job_id}") is not None:
+        private = encryption.scratch_dir(app) / f"{ctx.job_id}-inputs"
     heldout_file = None
     if spec.get("heldout"):
-        heldout_file = inputs / spec["heldout"]["name"]
+        heldout_file = (private or inputs) / spec["heldout"]["name"]
         app.blobs.export_file(spec["heldout"]["digest"], heldout_file)
+    try:
+        full = _evaluate_all(app, ctx, val_file, heldout_file)
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+    return jobs.seal_result(app, ctx.job_id, full, public_result(full))
+
+
+def public_result(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation result without its data (questions, references, answers): scores only."""
+    models_out = {}
+    for ref, r in result["models"].items():
+        held = r.get("heldout")
+        if held:
+            held = {k: v for k, v in held.items() if k != "rows"} | {"questions": len(held["rows"])}
+        models_out[ref] = {**r, "heldout": held}
+    sbs = result.get("side_by_side")
+    if sbs:
+        sbs = {k: v for k, v in sbs.items() if k != "questions"}
+    return {**result, "models": models_out, "side_by_side": sbs}
+
+
+def _evaluate_all(app: App, ctx: Any, val_file: Path | None, heldout_file: Path | None) -> dict[str, Any]:
+    """Every model of the job on the same inputs, then the side-by-side comparison."""
+    from onebox.evaluate.heldout import EvalReport
+    from onebox.evaluate.report import side_by_side
+    from onebox.evaluate.runner import evaluate_model
+
+    spec = ctx.spec
     results: dict[str, Any] = {}
     n = len(spec["models"])
     for i, m in enumerate(spec["models"]):

@@ -24,6 +24,7 @@ from onebox.errors import (
     JobStateError,
     NoCheckpointError,
     NotFoundError,
+    OneboxError,
     Problem,
 )
 from onebox.jobs import procs, state
@@ -416,10 +417,49 @@ def job_dict(job: Job) -> dict[str, Any]:
     }
 
 
+SEALED_RESULT = "result.sealed"
+"""The file in a job folder holding a result that carries data (predictions, questions): with
+encryption at rest a handler seals the full result there under the job's data key and returns a
+copy without the data, which the database stores with ``sealed_result`` naming this file."""
+
+
+def seal_result(app: App, job_id: str, full: dict[str, Any], public: dict[str, Any]) -> dict[str, Any]:
+    """What a handler returns for a result holding data: ``full`` as is when encryption is off;
+    else ``public`` (the same without the data), the full result being sealed in the job folder."""
+    from onebox.services import encryption
+
+    sealer = encryption.sealer(app, f"job-{job_id}")
+    if sealer is None:
+        return full
+    data = json.dumps(full, ensure_ascii=False, default=str).encode()
+    sealer.write(state.work_dir(app.settings, job_id) / SEALED_RESULT, data, SEALED_RESULT)
+    return {**public, "sealed_result": SEALED_RESULT}
+
+
+def full_result(app: App, job_id: str, result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job's result with its sealed part opened (every reader of results goes through this);
+    raises TamperedError or KeyUnavailableError when the sealed file cannot be opened."""
+    if not result or result.get("sealed_result") != SEALED_RESULT:
+        return result
+    from onebox.services import encryption
+
+    sealer = encryption.opener(app, f"job-{job_id}")
+    path = state.work_dir(app.settings, job_id) / SEALED_RESULT
+    if not path.is_file():
+        raise NotFoundError(f"the sealed result of job {job_id} is missing from {path.parent}", job=job_id)
+    full: dict[str, Any] = json.loads(sealer.read(path, SEALED_RESULT))
+    return full
+
+
 def show(app: App, job_id: str) -> dict[str, Any]:
-    """A job with its events and a summary of its metrics (last value and count per name)."""
+    """A job with its events and a summary of its metrics (last value and count per name); a
+    sealed result is opened, or kept without its data and with ``sealed_result_error`` saying why."""
     job = get(app, job_id)
     out = job_dict(job)
+    try:
+        out["result"] = full_result(app, job.id, out["result"])
+    except OneboxError as exc:
+        out["sealed_result_error"] = f"{exc.code}: {exc.message}"
     with app.db.session() as s:
         out["events"] = [
             {

@@ -5,19 +5,27 @@ recipe against the base model's config), so bad input fails in the command, not 
 a worker. ``run_train_job`` runs in the worker process: it checks out the inputs into the job's
 work folder, runs the SFT recipe (which resumes from the newest checkpoint there after a crash,
 kill or cancel), and registers the result with full lineage.
+
+With encryption at rest nothing the job writes holds data in plaintext: the dataset splits are
+sealed pointers, checkpoints are sealed under the job's data key (``job-<id>``), and the adapter
+or model is exported into the worker's private memory folder, registered (sealed in the store)
+from there and removed. The job log and metrics stay plaintext: they hold numbers and messages,
+not data.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from onebox.errors import InvalidInputError, NotFoundError
 from onebox.jobs.resources import machine_capacity
-from onebox.services import datasets, jobs, models
+from onebox.security.streams import Sealer, is_sealed_file
+from onebox.services import datasets, encryption, jobs, models
 from onebox.services.context import App
 from onebox.services.names import validate_name
 from onebox.services.projects import get_project
@@ -154,6 +162,16 @@ def submit_train(
     )
 
 
+def job_sealer(app: App, job_id: str, run_dir: Path) -> Sealer | None:
+    """What seals the job's checkpoints: its data key with encryption on, or when the job already
+    sealed some (a job that began sealed stays sealed, even if encryption was since turned off)."""
+    subject = f"job-{job_id}"
+    sealer = encryption.sealer(app, subject)
+    if sealer is None and any(is_sealed_file(p) for p in run_dir.glob("checkpoints/step-*/state.pt")):
+        sealer = encryption.opener(app, subject)
+    return sealer
+
+
 def run_train_job(ctx: Any) -> dict[str, Any]:
     """Job handler (runs in the worker process)."""
     from onebox.train.config import SFTConfig
@@ -188,10 +206,26 @@ def run_train_job(ctx: Any) -> dict[str, Any]:
         on_checkpoint=lambda step, path: ctx.mark_checkpoint(step),
         on_message=ctx.log.info,
     )
-    result = run_sft_distributed(base_dir, train_file, val_file, ctx.work_dir / "run", config, hooks)
-    if result.stopped:
-        ctx.log.info("stopped at a checkpoint; `onebox jobs resume %s` continues", ctx.job_id)
-        return {"stopped": True, "metrics": result.metrics}
+    run_dir = ctx.work_dir / "run"
+    sealer = job_sealer(app, ctx.job_id, run_dir)
+    # rank 0 may be a torchrun child: the export folder must be this (the parent's) private one
+    export_dir = encryption.scratch_dir(app) / f"{ctx.job_id}-outputs" if sealer is not None else None
+    try:
+        result = run_sft_distributed(
+            base_dir, train_file, val_file, run_dir, config, hooks, sealer=sealer, export_dir=export_dir
+        )
+        if result.stopped:
+            ctx.log.info("stopped at a checkpoint; `onebox jobs resume %s` continues", ctx.job_id)
+            return {"stopped": True, "metrics": result.metrics}
+        return _register_outputs(app, ctx, config, result)
+    finally:
+        if export_dir is not None:
+            shutil.rmtree(export_dir, ignore_errors=True)
+
+
+def _register_outputs(app: App, ctx: Any, config: Any, result: Any) -> dict[str, Any]:
+    """Register the adapter or model (and the merged model) with lineage to base, data and job."""
+    spec = ctx.spec
     artifact = result.adapter_dir if config.method in ("lora", "qlora") else result.model_dir
     if artifact is None:
         raise NotFoundError("the recipe produced no model files")
