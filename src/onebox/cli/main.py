@@ -23,6 +23,7 @@ from onebox.cli import host as host_cli
 from onebox.cli import identity as identity_cli
 from onebox.cli import jobs as jobs_cli
 from onebox.cli import kb as kb_cli
+from onebox.cli import metrics as metrics_cli
 from onebox.cli import models as models_cli
 from onebox.cli import policies as policies_cli
 from onebox.cli import quotas as quotas_cli
@@ -30,6 +31,7 @@ from onebox.cli import serve as serve_cli
 from onebox.cli.evaluate import eval_command
 from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
 from onebox.cli.state import JsonOpt, get_app, settings
+from onebox.cli.top import top_command
 from onebox.cli.train import train_command
 from onebox.errors import OneboxError
 
@@ -52,6 +54,8 @@ app.add_typer(identity_cli.keys_app, name="keys")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(encryption_cli.app, name="encryption")
 app.add_typer(quotas_cli.app, name="quotas")
+app.add_typer(metrics_cli.app, name="metrics")
+app.command("top")(top_command)
 app.command("eval")(eval_command)
 app.command("train")(train_command)
 app.command("serve")(serve_cli.serve_command)

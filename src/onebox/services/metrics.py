@@ -78,7 +78,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _visible_projects(app: App, all_projects: bool) -> list[str] | None:
+def visible_projects(app: App, all_projects: bool) -> list[str] | None:
     """Project ids whose task series the caller sees (None: all)."""
     principal = app.principal
     if all_projects:
@@ -164,7 +164,7 @@ def query(
     if resolution == "rollup":
         step_s = math.ceil(step_s / rollup_s) * rollup_s
     step_s = max(math.ceil(step_s), 1)
-    projects = _visible_projects(app, all_projects)
+    projects = visible_projects(app, all_projects)
     clauses = tsdb.series_filter(level=level, node=node, resource=resource, metric=metric, projects=projects)
     with app.db.session() as s:
         series, truncated = tsdb.query(
@@ -202,7 +202,7 @@ def latest(
     _validate(level, metric, "auto", None, 1)
     now = time.time() if now is None else now
     age = max_age_s if max_age_s is not None else 3 * max(app.settings.monitor_interval_s, 10.0)
-    projects = _visible_projects(app, all_projects)
+    projects = visible_projects(app, all_projects)
     clauses = tsdb.series_filter(level=level, resource=resource, metric=metric, projects=projects)
     with app.db.session() as s:
         rows = tsdb.latest(s, clauses, since_ms=tsdb.to_ms(now - age))
