@@ -126,3 +126,12 @@ def test_wildcards_do_not_treat_underscore_as_a_pattern(db: Database) -> None:
     with db.session() as s:
         got = tsdb.latest(s, tsdb.series_filter(resource="fs:/a_*"), since_ms=0)
     assert [d.resource for d in got] == ["fs:/a_b"]
+
+
+def test_overlong_resources_are_cut_the_same_way_every_time(db: Database) -> None:
+    long = Snapshot("n1", T0, [Sample(COMPONENT, "fs:/" + "x" * 300, "fs_usage_ratio", 0.5)])
+    SeriesWriter(db, "n1").write(long)
+    SeriesWriter(db, "n1").write(Snapshot("n1", T0 + 10, long.samples))  # a restart reloads the series
+    with db.session() as s:
+        [series] = tsdb.latest(s, tsdb.series_filter(metric="fs_usage_ratio"), since_ms=0)
+    assert len(series.resource) == 255 and series.points == [(T0 + 10, 0.5)]

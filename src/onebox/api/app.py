@@ -190,7 +190,12 @@ def create_app(
             # a caller who is not an administrator sees only its own project's task series
             principal = getattr(request.state, "principal", None)
             projects = None if principal is None or principal.is_admin else [principal.project_id]
-            body += exposition.render(await task.snapshot(), task.monitor.node, projects)
+            try:
+                snapshot = await task.snapshot()
+            except Exception:  # the store is unreachable: still serve the gateway's own metrics
+                log.exception("no monitoring snapshot for /metrics")
+            else:
+                body += exposition.render(snapshot, task.monitor.node, projects)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Select, and_, delete, exists, func, insert, literal_column, or_, select
 from sqlalchemy.orm import Session
 
-from onebox.monitoring.samples import Snapshot
+from onebox.monitoring.samples import Sample, Snapshot
 from onebox.store.db import Database
 from onebox.store.tables import MetricPoint, MetricSeries
 
@@ -34,6 +34,10 @@ def _bucket(step_ms: int) -> Any:
     # and GROUP BY; step_ms is always an int computed here, never user text
     step = literal_column(str(int(step_ms)), BigInteger)
     return (MetricPoint.ts // step) * step
+
+
+def _key(smp: Sample) -> tuple[str, str, str]:
+    return smp.level, smp.resource[:255], smp.metric
 
 
 class SeriesWriter:
@@ -59,12 +63,12 @@ class SeriesWriter:
             self._ids = {(lv, res, m): i for lv, res, m, i in rows}
         new = {}
         for smp in snapshot.samples:
-            key = (smp.level, smp.resource, smp.metric)
+            key = _key(smp)
             if key not in self._ids and key not in new:
                 new[key] = MetricSeries(
                     node=self.node,
                     level=smp.level,
-                    resource=smp.resource[:255],
+                    resource=key[1],
                     metric=smp.metric,
                     name=smp.name[:255],
                     project_id=smp.project_id,
@@ -83,7 +87,7 @@ class SeriesWriter:
             rows = {}
             for smp in snapshot.samples:
                 if math.isfinite(smp.value):
-                    sid = ids[(smp.level, smp.resource, smp.metric)]
+                    sid = ids[_key(smp)]
                     rows[sid] = {"series_id": sid, "resolution": RAW, "ts": ts, "value": float(smp.value)}
             if rows:
                 s.execute(insert(MetricPoint), list(rows.values()))
