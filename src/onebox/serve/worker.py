@@ -77,9 +77,9 @@ def build_asgi(deployment_id: str, adapters: dict[str, str] | None = None) -> An
         spec = deployments.worker_spec(app, deployment_id)
         app = app.in_project(deployments.project_name(app, spec.project_id))  # resolve refs where it lives
         log.info("deployment %s: checking out %s", spec.name, spec.model_ref)
-        # The text engine reads weights through sealed pointers (in memory) when the store is
-        # encrypted; the embedding engine is transformers-based and needs real files.
-        model_dir = models.checkout(app, spec.model_ref, weights_in_memory=spec.kind != "embedding")
+        # Both engines read weights through sealed pointers (decrypted in memory) when the store
+        # is encrypted: the text engine natively, the embedding engine through models.pretrained.
+        model_dir = models.checkout(app, spec.model_ref, weights_in_memory=True)
         if spec.kind == "embedding":
             from onebox.engine.embeddings import EmbeddingEngine
 

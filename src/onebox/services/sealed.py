@@ -33,6 +33,7 @@ import secrets
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -211,9 +212,15 @@ class _FileSpan:
 
 
 def _write_package(
-    src: Path, manifest: Manifest, out: Path, key: bytes, package_id: str, progress: ProgressFn
+    read: Callable[[str], Iterable[bytes]],
+    manifest: Manifest,
+    out: Path,
+    key: bytes,
+    package_id: str,
+    progress: ProgressFn,
 ) -> tuple[str, int]:
-    """Encrypt ``src`` (a verified checkout) into ``out``; returns (sha256, size) of the package."""
+    """Encrypt the manifest's files, streamed as verified plaintext by ``read(digest)``, into
+    ``out``; returns (sha256, size) of the package. No plaintext copy is written anywhere."""
     aes = aead(key)
     header = lic.canonical(
         {"format": PACKAGE_FORMAT, "package_id": package_id, "cipher": "AES-256-GCM", "chunk_size": CHUNK}
@@ -237,14 +244,11 @@ def _write_package(
             emit(MAGIC + struct.pack(">I", len(header)) + header)
             emit(struct.pack(">I", len(sealed_listing)) + sealed_listing)
             for i, entry in enumerate(manifest.files):
-                with (src / entry.path).open("rb") as f:
-                    plain = iter(lambda f=f: f.read(CHUNK), b"")
-                    for sealed_chunk in seal_chunks(
-                        aes, _file_prefix(i), _file_bound(header, i), plain, CHUNK
-                    ):
-                        emit(sealed_chunk)
-                        done += max(0, len(sealed_chunk) - TAG_BYTES)
-                        progress("seal", done, manifest.total_size)
+                plain = read(entry.digest)
+                for sealed_chunk in seal_chunks(aes, _file_prefix(i), _file_bound(header, i), plain, CHUNK):
+                    emit(sealed_chunk)
+                    done += max(0, len(sealed_chunk) - TAG_BYTES)
+                    progress("seal", done, manifest.total_size)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
@@ -416,15 +420,14 @@ def export_sealed(
             ],
         )
     manifest = app.blobs.read_manifest(mv.manifest_digest)
-    src = app.blobs.checkout(
-        mv.manifest_digest, progress=progress
-    )  # verified plaintext, never leaves the box
     dest_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{model.name}-v{mv.version}"
     pkg_path, lic_path = dest_dir / f"{stem}.obxpkg", dest_dir / f"{stem}.licence.json"
     package_key = os.urandom(32)  # AES-256
     package_id = secrets.token_hex(16)
-    digest, size = _write_package(src, manifest, pkg_path, package_key, package_id, progress)
+    digest, size = _write_package(
+        app.blobs.read_chunks, manifest, pkg_path, package_key, package_id, progress
+    )
     keys = host_keys(app)
     body: dict[str, Any] = {
         "format": lic.FORMAT,

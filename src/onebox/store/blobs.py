@@ -187,7 +187,7 @@ class BlobStore:
         return self.put_bytes(manifest.to_json()), manifest
 
     # -- reading -------------------------------------------------------------------------------
-    def _verified_chunks(self, digest: str) -> Iterator[bytes]:
+    def read_chunks(self, digest: str) -> Iterator[bytes]:
         """Yield plaintext; raises ArtifactCorruptedError after the last chunk if it mismatches.
 
         Callers must not act on the data before the iterator is exhausted.
@@ -210,7 +210,7 @@ class BlobStore:
             )
 
     def read_bytes(self, digest: str) -> bytes:
-        return b"".join(self._verified_chunks(digest))
+        return b"".join(self.read_chunks(digest))
 
     def read_json(self, digest: str) -> Any:
         return json.loads(self.read_bytes(digest))
@@ -219,7 +219,7 @@ class BlobStore:
         return Manifest.from_json(self.read_bytes(digest))
 
     def verify(self, digest: str) -> None:
-        for _ in self._verified_chunks(digest):
+        for _ in self.read_chunks(digest):
             pass
 
     def exists(self, digest: str) -> bool:
@@ -231,7 +231,7 @@ class BlobStore:
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
             with os.fdopen(fd, "wb") as fh:
-                for chunk in self._verified_chunks(digest):
+                for chunk in self.read_chunks(digest):
                     fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
