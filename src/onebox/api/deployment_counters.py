@@ -52,7 +52,7 @@ def deployment_counters(
             models_of[dep].append(model_id)
             if len(deps) > 1:
                 ambiguous.add(dep)
-    requests = _by_model(metrics.requests, "_total")
+    finished = _by_model(metrics.requests, "_total")
     errors = _by_model(metrics.requests, "_total", lambda labels: labels.get("status", "").startswith("5"))
     ttft_sum, ttft_count = _by_model(metrics.ttft, "_sum"), _by_model(metrics.ttft, "_count")
     tpot_sum, tpot_count = _by_model(metrics.tpot, "_sum"), _by_model(metrics.tpot, "_count")
@@ -67,7 +67,7 @@ def deployment_counters(
         c.pids = [r.pid for r in replicas if r.pid is not None and r.state != "stopping"]
         if spec.id not in ambiguous:
             models = models_of.get(spec.id, [])
-            c.requests = sum(requests.get(m, 0.0) for m in models)
+            c.requests = sum(finished.get(m, 0.0) for m in models)
             c.errors = sum(errors.get(m, 0.0) for m in models)
             c.ttft_sum = sum(ttft_sum.get(m, 0.0) for m in models)
             c.ttft_count = sum(ttft_count.get(m, 0.0) for m in models)
