@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from onebox.api.auth import onebox_for, principal_of
 from onebox.errors import InputTooLargeError, InvalidInputError, OneboxError, Problem
-from onebox.services import kbs
+from onebox.services import encryption, kbs
 
 router = APIRouter(prefix="/api/v1/kbs", tags=["knowledge bases"])
 
@@ -86,6 +86,9 @@ class KbOut(BaseModel):
     chunk_tokens: int | None
     overlap_tokens: int | None
     index: str | None = Field(description="Where the index lives (folder or postgresql:// URL).")
+    encrypted: bool = Field(
+        default=False, description="Sources and embedded index encrypted at rest under the KB's data key."
+    )
     documents: int | None = Field(description="Documents indexed.")
     chunks: int | None = Field(description="Chunks indexed.")
     bytes_on_disk: int | None
@@ -368,7 +371,8 @@ async def upload_documents(request: Request, kb: str) -> dict[str, Any]:
     tags = [t for v in fields.get("tags", []) for t in v.split(",")] if "tags" in fields else None
     sync, ocr = _flag(fields, "sync", False), _flag(fields, "ocr", True)
     onebox = onebox_for(request)
-    staging = Path(tempfile.mkdtemp(dir=onebox.staging_dir, prefix="kb-upload-"))
+    # with encryption at rest the upload waits in private memory, not under the home folder
+    staging = Path(tempfile.mkdtemp(dir=encryption.scratch_dir(onebox), prefix="kb-upload-"))
     try:
         items = []
         for filename, data in files:

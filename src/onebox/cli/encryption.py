@@ -1,4 +1,5 @@
-"""``onebox encryption status|rotate|encrypt-existing``: encryption at rest of the artifact store."""
+"""``onebox encryption status|rotate|encrypt-existing``: encryption at rest of the artifact store
+and of knowledge bases."""
 
 from __future__ import annotations
 
@@ -77,17 +78,29 @@ def rotate_command(
 
 @app.command("encrypt-existing")
 def encrypt_existing_command(json_out: JsonOpt = False) -> None:
-    """Encrypt blobs stored before encryption was switched on (digests verified; resumable)."""
+    """Encrypt blobs stored before encryption was switched on (digests verified; resumable), then
+    knowledge bases created before it (sources, index, caches; restart running services after)."""
+    from onebox.services import kbs
+
+    app_ = get_app()
     with progress_bar(not json_out) as progress:
-        report = encryption.encrypt_existing(get_app(), progress)
+        report = encryption.encrypt_existing(app_, progress)
+        kb_report = kbs.encrypt_existing(app_, progress)
+    failed = [*report.failed, *kb_report["failed"]]
     if json_out:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "knowledge_bases": kb_report})
     else:
         console.print(
             f"encrypted {report.encrypted:,} blobs ({human_size(report.bytes)}), "
             f"{report.already:,} were already encrypted"
         )
-        for line in report.failed:
+        console.print(
+            f"encrypted {len(kb_report['encrypted']):,} knowledge bases, "
+            f"{kb_report['already']:,} were already encrypted"
+        )
+        for line in kb_report["skipped"]:
+            console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+        for line in failed:
             console.print(f"[red]failed:[/] {line}", highlight=False)
-    if report.failed:
+    if failed:
         raise typer.Exit(6)

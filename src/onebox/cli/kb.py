@@ -177,6 +177,7 @@ def show(name: KbArg, json_out: JsonOpt = False) -> None:
     head = Table(show_header=False, box=None)
     for key in ("name", "description", "embedding", "chat_model", "documents", "chunks", "index", "id"):
         head.add_row(key, str(info.get(key) if info.get(key) is not None else "-"))
+    head.add_row("encrypted at rest", "yes" if info.get("encrypted") else "no")
     console.print(head)
     for j in info["jobs"]:
         console.print(f"  ingesting: {j['id']} {j['status']} {100 * (j['progress'] or 0):.0f}%")
@@ -331,7 +332,8 @@ def to_dataset(
     for q in res["kept"][:5]:
         console.print(f"  Q: {q['question']}\n  A: {q['answer']}  [dim]({q['source']})[/]", highlight=False)
     console.print(verdict(s), highlight=False)
-    console.print(f"review: {res['files']['review.md']}", highlight=False)
+    sealed = " [dim](sealed at rest: --out DIR writes readable copies)[/]" if res.get("sealed") else ""
+    console.print(f"review: {res['files']['review.md']}{sealed}", highlight=False)
 
 
 @app.command()

@@ -11,6 +11,16 @@ continues where it stopped.
 ``ask`` retrieves, then answers with :func:`onebox.rag.answer.answer`; the model behind
 ``generate`` is a deployed one when a gateway serves it, or the model loaded in this process by
 the onebox engine otherwise. Embedders, indexes and local engines are cached per process.
+
+Encryption at rest: a KB created while it is on (``config["encrypted"]``) keeps nothing in
+plaintext under its folder. Every source is sealed (AES-256-GCM under the KB's data key
+``kb-<id>``, bound to its path in the KB folder) and decrypted in memory for parsing; the embedded
+index is a SQLCipher database and its graph cache is sealed; ``to_dataset`` copies are sealed.
+Deleting the KB shreds the key, so copies of its folder left in backups become unreadable. A KB
+created before encryption was switched on stays readable as it is (plaintext index, plaintext
+sources beside sealed ones added later) until ``onebox encryption encrypt-existing`` converts it
+(:func:`encrypt_existing`). The pgvector index in cluster mode is out of reach of this: it relies
+on the database server's own encryption at rest.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from onebox.errors import (
     InUseError,
     InvalidInputError,
     NotFoundError,
+    OneboxError,
     Problem,
     UnavailableError,
 )
@@ -47,7 +58,8 @@ from onebox.jobs.resources import machine_capacity
 from onebox.rag.ingest import FileResult, ParseOptions, ingest_folder, sha256_of, walk_folder
 from onebox.rag.types import ChunkIndex, DocumentRecord, Hit, SearchFilter
 from onebox.security.storage import enforce_storage, replacing_bytes
-from onebox.services import events, jobs, models
+from onebox.security.streams import Sealer, is_sealed_file
+from onebox.services import encryption, events, jobs, models
 from onebox.services.context import App
 from onebox.services.names import name_key, validate_name, validate_text
 from onebox.services.projects import get_project
@@ -78,7 +90,10 @@ def sources_dir(settings: Settings, kb_id: str) -> Path:
 
 
 def index_location(settings: Settings, kb_id: str) -> str:
-    """A folder in the embedded mode; ``<kb_index_url>?kb=<id>`` (pgvector) in cluster mode."""
+    """A folder in the embedded mode; ``<kb_index_url>?kb=<id>`` (pgvector) in cluster mode.
+
+    Only the embedded index is encrypted by onebox; a pgvector index is protected by the
+    PostgreSQL server's own encryption at rest (disk or tablespace encryption), configured there."""
     url = settings.kb_index_url
     if url:
         return f"{url}{'&' if '?' in url else '?'}kb={kb_id}"
@@ -110,15 +125,35 @@ def _embedder(app: App, version_id: str) -> Any:
         return emb
 
 
-def _index(location: str, dim: int) -> ChunkIndex:
+def _subject(kb_id: str) -> str:
+    """The name of the KB's data key (see :mod:`onebox.security.datakeys`)."""
+    return f"kb-{kb_id}"
+
+
+def _index(location: str, dim: int, sealer: Callable[[], Sealer | None] = lambda: None) -> ChunkIndex:
+    """The cached index at ``location``; ``sealer`` (asked only when it is opened) gives the key
+    of an encrypted embedded index."""
     from onebox.rag.index import open_index
 
     with _lock:
         idx = _indexes.get(location)
         if idx is None:
-            idx = open_index(location, dim)
+            options: dict[str, Any] = {}
+            if not location.startswith("postgres"):
+                key = sealer()
+                if key is not None:
+                    options["sealer"] = key
+            idx = open_index(location, dim, **options)
             _indexes[location] = idx
         return idx
+
+
+def _index_sealer(app: App, kb_id: str, config: dict[str, Any]) -> Callable[[], Sealer | None]:
+    """What opens the KB's index: its data key when the KB is encrypted (KeyUnavailableError
+    without the master key that wrapped it), nothing for a plaintext KB."""
+    if not config.get("encrypted"):
+        return lambda: None
+    return lambda: encryption.opener(app, _subject(kb_id))
 
 
 def _forget_index(location: str) -> ChunkIndex | None:
@@ -183,10 +218,36 @@ class _Handle:
         self.embedding_version_id = kb.embedding_version_id or ""
         self.location: str = self.config["index"]
         self.dim = int(self.config["dim"])
+        self.encrypted = bool(self.config.get("encrypted"))
+        self._opener: Sealer | None = None
 
     @property
     def index(self) -> ChunkIndex:
-        return _index(self.location, self.dim)
+        return _index(self.location, self.dim, _index_sealer(self.app, self.id, self.config))
+
+    def writer(self) -> Sealer | None:
+        """What new files of the KB are sealed with: its key for an encrypted KB (even with
+        encryption since switched off), a new or existing key while encryption is on, else None."""
+        if self.encrypted:
+            return encryption.opener(self.app, _subject(self.id))
+        return encryption.sealer(self.app, _subject(self.id))
+
+    def read_source(self, source: str, path: Path) -> bytes | None:
+        """A snapshot file's plaintext when it is sealed (None: read the file as it is). In an
+        encrypted KB a file that is not sealed was put there behind onebox's back: tampered."""
+        if is_sealed_file(path):
+            if self._opener is None:
+                self._opener = encryption.opener(self.app, _subject(self.id))
+            return self._opener.read(path, f"sources/{source}")
+        if self.encrypted:
+            from onebox.errors import TamperedError
+
+            raise TamperedError(
+                f"sources/{source} is not sealed, but knowledge base {self.name!r} is encrypted: it was "
+                "put there behind onebox's back; add the document again",
+                file=source,
+            )
+        return None
 
     @property
     def embedder(self) -> Any:
@@ -230,9 +291,10 @@ def kb_dict(app: App, kb: KnowledgeBase, *, with_stats: bool = True) -> dict[str
         "created_at": kb.created_at.isoformat(),
         "updated_at": kb.updated_at.isoformat(),
     }
+    out["encrypted"] = bool(cfg.get("encrypted"))
     if with_stats:
         try:
-            st = _index(cfg["index"], int(cfg["dim"])).stats()
+            st = _index(cfg["index"], int(cfg["dim"]), _index_sealer(app, kb.id, cfg)).stats()
             out.update(documents=st.documents, chunks=st.chunks, bytes_on_disk=st.bytes_on_disk)
         except Exception as exc:  # one broken index must not hide the others from `kb list`
             out["status"] = "error"
@@ -294,6 +356,7 @@ def create(
             models.resolve(s, pid, chat_model)  # NotFoundError names it now, not at the first ask
     embedder = _embedder(app, mv_id)  # loading it now proves the model works and gives its dims
     kb_id = new_id("kb")
+    sealer = encryption.sealer(app, _subject(kb_id))  # creates the KB's data key
     config = {
         "embedding": emb_label,
         "dim": int(embedder.dim),
@@ -302,8 +365,13 @@ def create(
         "overlap_tokens": opts.overlap_tokens,
         "chat_model": chat_model or DEFAULT_CHAT_MODEL,
         "index": index_location(app.settings, kb_id),
+        "encrypted": sealer is not None,
     }
-    _index(config["index"], config["dim"])  # create it now: a bad pgvector URL fails here
+    try:
+        _index(config["index"], config["dim"], lambda: sealer)  # a bad pgvector URL fails here
+    except BaseException:
+        encryption.shred(app, _subject(kb_id))
+        raise
     sources_dir(app.settings, kb_id).mkdir(parents=True, exist_ok=True)
     try:
         with app.db.session() as s:
@@ -325,6 +393,7 @@ def create(
             return kb_dict(app, kb)
     except (AlreadyExistsError, DBIntegrityError) as exc:
         _drop_storage(app.settings, kb_id, config)
+        encryption.shred(app, _subject(kb_id))
         if isinstance(exc, AlreadyExistsError):
             raise
         raise ConflictError(f"knowledge base {name!r} was created concurrently; run it again") from exc
@@ -398,7 +467,9 @@ def _drop_storage(settings: Settings, kb_id: str, config: dict[str, Any]) -> Non
 
 
 def delete(app: App, name: str) -> dict[str, Any]:
-    """Remove the KB, its index and its source snapshot; refused while an ingestion job is active."""
+    """Remove the KB, its index and its source snapshot, then shred its data key (whatever copy of
+    its sealed files survives, in a backup or a disk block, can no longer be read); refused while
+    an ingestion job is active."""
     with app.db.session() as s:
         kb = _get(s, _pid(s, app), name)
         info = kb_dict(app, kb)
@@ -417,6 +488,7 @@ def delete(app: App, name: str) -> dict[str, Any]:
         config = dict(kb.config)
         s.delete(kb)
     _drop_storage(app.settings, info["id"], config)
+    encryption.shred(app, _subject(info["id"]))
     return {**info, "status": "deleted"}
 
 
@@ -460,20 +532,45 @@ def collect(paths: Sequence[Path | str]) -> tuple[list[tuple[str, Path]], list[s
     return items, skipped, folders == 1 and len(paths) == 1
 
 
-def _snapshot(dest_root: Path, items: Sequence[tuple[str, Path]]) -> None:
-    """Copy files into the snapshot atomically (a reader never sees half a file); identical ones stay."""
+def _snapshot(dest_root: Path, items: Sequence[tuple[str, Path]], sealer: Sealer | None = None) -> None:
+    """Copy files into the snapshot atomically (a reader never sees half a file); identical ones stay.
+
+    With ``sealer`` each file is sealed instead, bound to ``sources/<source>`` (its path in the KB
+    folder), and an existing sealed copy is compared by its plaintext."""
     for source, path in items:
         dest = dest_root / source
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if (
-            dest.is_file()
-            and dest.stat().st_size == path.stat().st_size
-            and sha256_of(dest) == sha256_of(path)
-        ):
+        if _same_content(dest, path, source, sealer):
+            continue
+        if sealer is not None:
+            st = path.stat()
+            with open(path, "rb") as fh:
+                sealer.write(dest, iter(lambda: fh.read(1 << 20), b""), f"sources/{source}")
+            os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))  # the date filter uses the original's
             continue
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         shutil.copy2(path, tmp)  # keeps mtime: the date filter uses the original's
         os.replace(tmp, dest)
+
+
+def _same_content(dest: Path, path: Path, source: str, sealer: Sealer | None) -> bool:
+    """Whether the snapshot file ``dest`` already holds ``path``'s bytes (sealed or not as wanted)."""
+    if not dest.is_file() or is_sealed_file(dest) != (sealer is not None):
+        return False
+    if sealer is None:
+        return dest.stat().st_size == path.stat().st_size and sha256_of(dest) == sha256_of(path)
+    import hashlib
+
+    from onebox.errors import TamperedError
+
+    h = hashlib.sha256()
+    try:
+        with open(dest, "rb") as fh:
+            for block in sealer.open(fh, f"sources/{source}"):
+                h.update(block)
+    except TamperedError:
+        return False  # damaged: overwrite it with the new copy
+    return h.hexdigest() == sha256_of(path)
 
 
 def add(
@@ -512,7 +609,7 @@ def add(
     errs.raise_if_any("cannot add these files", InvalidInputError)
     enforce_storage(app, replacing_bytes(h.sources, seen.items()))  # storage quota
     h.sources.mkdir(parents=True, exist_ok=True)
-    _snapshot(h.sources, list(seen.items()))
+    _snapshot(h.sources, list(seen.items()), h.writer())
     if sync:
         for source, _ in walk_folder(h.sources)[0]:
             if source not in seen:
@@ -622,6 +719,7 @@ def run_ingest_job(ctx: Any) -> dict[str, Any]:
         parse_options=opts,
         base=None if spec.get("sync") else h.sources,
         on_file=on_file,
+        read=h.read_source,
     )
     if report.cancelled:
         ctx.mark_checkpoint(state_["files"])
@@ -928,6 +1026,22 @@ def _eval_retrieval(h: _Handle, rows: Sequence[dict[str, Any]], k: int = 5) -> d
     }
 
 
+def _keep_outputs(
+    h: _Handle, files: dict[str, Path], out_dir: Path | None, name: str
+) -> tuple[Path, Sealer | None]:
+    """Copy to_dataset's files to ``out_dir`` as they are, or to the KB's ``to_dataset/<name>``
+    folder, sealed when the KB's files are; returns the folder and the sealer used."""
+    sealer = None if out_dir is not None else h.writer()
+    dest = Path(out_dir or kb_dir(h.app.settings, h.id) / "to_dataset" / name)
+    dest.mkdir(parents=True, exist_ok=True)
+    for n, f in files.items():
+        if sealer is None:
+            shutil.copy2(f, dest / n)
+        else:
+            sealer.write(dest / n, f.read_bytes(), f"to_dataset/{name}/{n}")
+    return dest, sealer
+
+
 def to_dataset(
     app: App,
     name: str,
@@ -948,7 +1062,11 @@ def to_dataset(
     the version references) go ``review.md``/``review.jsonl`` (every generation, kept or rejected
     with reasons) and ``retrieval_eval.jsonl`` (question -> gold chunk id). ``generate`` defaults to
     ``model`` (or the KB's chat model) loaded in this process. When no generation passes the filter
-    nothing is registered and the error names the review report."""
+    nothing is registered and the error names the review report.
+
+    With encryption at rest the files are built in the private scratch folder; the default copies
+    in the KB folder are sealed like its sources (``"sealed": true`` in the result), while an
+    explicit ``out_dir`` gets readable copies: asking for them there is the user's decision."""
     import json
     import tempfile
 
@@ -991,18 +1109,16 @@ def to_dataset(
         "questions_per_chunk": questions_per_chunk,
     }
     header = {"knowledge base": f"{h.name} ({h.id})", "model": f"{model} (via {via})"}
-    staging = Path(tempfile.mkdtemp(dir=app.staging_dir, prefix="kbqa-"))
+    staging = Path(tempfile.mkdtemp(dir=encryption.scratch_dir(app), prefix="kbqa-"))
     try:
         files = write_outputs(result, staging, f"Questions generated from knowledge base {h.name}", header)
         if not result.kept:
-            dest = Path(out_dir or kb_dir(app.settings, h.id) / "to_dataset" / f"{ds_name}-rejected")
-            dest.mkdir(parents=True, exist_ok=True)
-            for n, f in files.items():
-                shutil.copy2(f, dest / n)
+            dest, sealer = _keep_outputs(h, files, out_dir, f"{ds_name}-rejected")
+            sealed = " (sealed: run again with --out DIR for a readable copy)" if sealer else ""
             raise InvalidInputError(
                 f"none of the {summary['generations']} generations passed the filter "
                 f"({', '.join(f'{r} {n}' for r, n in summary['rejected_by_reason'].items())}); "
-                f"nothing was registered. Read {dest / 'review.md'}",
+                f"nothing was registered. Read {dest / 'review.md'}{sealed}",
                 problems=[Problem("model", f"{model} wrote no usable question", "try a larger model")],
             )
         dv, created = datasets.import_file(
@@ -1034,14 +1150,12 @@ def to_dataset(
             if kb is not None:
                 _event(s, kb, "kb.to_dataset", f"{ref}: kept {summary['kept']} of {summary['generations']}")
             info = datasets.version_dict(s, row)
-        dest = Path(out_dir or kb_dir(app.settings, h.id) / "to_dataset" / ref.replace(":", "-v"))
-        dest.mkdir(parents=True, exist_ok=True)
-        for n, f in files.items():
-            shutil.copy2(f, dest / n)
-        (dest / "summary.json").write_text(
+        files["summary.json"] = staging / "summary.json"
+        files["summary.json"].write_text(
             json.dumps({"dataset": info, "lineage": lineage, "summary": summary, "retrieval": retrieval},
                        ensure_ascii=False, indent=2), encoding="utf-8",
         )  # fmt: skip
+        dest, sealer = _keep_outputs(h, files, out_dir, ref.replace(":", "-v"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {
@@ -1051,6 +1165,109 @@ def to_dataset(
         "lineage": lineage,
         "summary": summary,
         "retrieval": retrieval,
-        "files": {n: str(dest / n) for n in (*files, "summary.json")},
+        "files": {n: str(dest / n) for n in files},
+        "sealed": sealer is not None,
         "kept": [{"question": g.question, "answer": g.answer, "source": g.source} for g in result.kept],
     }
+
+
+# -- encrypting knowledge bases created before encryption at rest -------------------------------
+
+
+def encrypt_existing(
+    app: App, progress: Callable[[str, int, int | None], None] | None = None
+) -> dict[str, Any]:
+    """Encrypt every plaintext KB (all projects) in place: sources, to_dataset copies and the graph
+    cache are sealed, the index becomes a SQLCipher copy (``sqlcipher_export``) swapped in, and the
+    KB is marked encrypted last.
+
+    Each file is replaced atomically, so a crash leaves every file readable; a KB interrupted
+    between its index swap and its mark is unreadable until the command runs again (it sees the
+    encrypted index and only marks it). A KB being ingested is skipped and reported; running
+    services must be restarted afterwards (their open connections see the replaced index file).
+    pgvector KBs are left to the database server's own encryption."""
+    from onebox.rag.index import _sqlite as sq
+    from onebox.rag.index.embedded import ANN_DIR, DB_FILE
+
+    report: dict[str, Any] = {"encrypted": [], "already": 0, "skipped": [], "failed": []}
+    with app.db.session() as s:
+        rows = [(kb.id, kb.name, dict(kb.config)) for kb in s.scalars(select(KnowledgeBase))]
+    for i, (kb_id, name, config) in enumerate(rows, 1):
+        if progress is not None:
+            progress("knowledge bases", i - 1, len(rows))
+        if config.get("encrypted"):
+            report["already"] += 1
+            continue
+        if str(config.get("index", "")).startswith("postgres"):
+            report["skipped"].append(f"{name}: pgvector index (use the database server's encryption)")
+            continue
+        if _active_jobs(app, kb_id):
+            report["skipped"].append(f"{name}: being ingested; run this again when the job ends")
+            continue
+        sealer = encryption.sealer(app, _subject(kb_id))
+        if sealer is None:
+            raise ConfigError(
+                "encryption at rest is off",
+                problems=[Problem("ONEBOX_ENCRYPT_ARTIFACTS", "false", "set it to true first")],
+            )
+        idx = _forget_index(str(config["index"]))
+        if idx is not None:
+            idx.close()
+        root = kb_dir(app.settings, kb_id)
+        try:
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root).as_posix()
+                if (
+                    rel.split("/")[0] in ("sources", "to_dataset")
+                    and path.is_file()
+                    and not is_sealed_file(path)
+                ):
+                    if any(part.startswith(".") for part in path.relative_to(root).parts):
+                        continue  # temporaries and locks
+                    st = path.stat()
+                    sealer.write(path, path.read_bytes(), rel)
+                    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            folder = Path(config["index"])
+            graph = folder / ANN_DIR / "graph.hnsw"
+            if graph.is_file() and not is_sealed_file(graph):
+                from onebox.rag.index._ann import SEALED_NAME
+
+                sealer.write(graph, graph.read_bytes(), SEALED_NAME)
+            db = folder / DB_FILE
+            if sq.is_plaintext(db):
+                _encrypt_index_file(db, sq.index_key(sealer.key))
+            with app.db.session() as s:
+                kb = s.get(KnowledgeBase, kb_id)
+                if kb is not None:
+                    kb.config = {**kb.config, "encrypted": True}
+                    _event(s, kb, "kb.encrypted", f"encrypted knowledge base {name} at rest")
+            report["encrypted"].append(name)
+        except (OSError, *sq.Error) as exc:
+            report["failed"].append(f"{name}: {type(exc).__name__}: {exc}")
+        except OneboxError as exc:
+            report["failed"].append(f"{name}: {exc.message}")
+    if progress is not None:
+        progress("knowledge bases", len(rows), len(rows))
+    return report
+
+
+def _encrypt_index_file(db: Path, key: bytes) -> None:
+    """Swap the plaintext SQLite file ``db`` for an encrypted copy (its WAL folded in first)."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.sealing")
+    tmp.unlink(missing_ok=True)
+    try:
+        from onebox.rag.index import _sqlite as sq
+
+        sq.encrypt_copy(db, tmp, key)
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):  # the plaintext file's: must not be applied to the new one
+        db.with_name(db.name + suffix).unlink(missing_ok=True)

@@ -12,7 +12,10 @@ _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 def open_index(url_or_path: str | Path, dim: int, **options: object) -> ChunkIndex:
     """A path (or ``file://``) opens the embedded index in that folder; a ``postgresql://`` URL
-    opens pgvector (``?kb=<name>`` picks the knowledge base, default ``default``)."""
+    opens pgvector (``?kb=<name>`` picks the knowledge base, default ``default``).
+
+    Encryption at rest: the embedded index takes ``sealer=`` (SQLCipher database, sealed graph
+    cache); a pgvector index relies on the PostgreSQL server's own encryption at rest."""
     if not isinstance(dim, int) or dim <= 0:
         raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
     target = str(url_or_path)
