@@ -14,12 +14,12 @@ def test_first_pass_has_gauges_second_pass_adds_rates() -> None:
     host = HostCollector()
     first = host.collect(time.time())
     assert not any(s.metric.endswith("_per_second") or s.metric == "cpu_usage_ratio" for s in first)
-    sum(range(200_000))  # some CPU time between passes
-    time.sleep(0.05)
+    time.sleep(0.3)
     second = host.collect(time.time())
     assert {s.level for s in second} == {COMPONENT}
     cores = {s.resource: s.value for s in second if s.metric == "cpu_usage_ratio"}
-    assert set(cores) == {f"cpu{i}" for i in range(psutil.cpu_count())}
+    # a core whose counters did not move (idle, tickless kernel) is left out of that one pass
+    assert cores and set(cores) <= {f"cpu{i}" for i in range(psutil.cpu_count())}
     assert all(0 <= v <= 1 for v in cores.values())
     by = {(s.resource, s.metric): s.value for s in second}
     assert by[("memory", "memory_total_bytes")] == psutil.virtual_memory().total

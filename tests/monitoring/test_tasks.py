@@ -91,7 +91,7 @@ def test_process_meter_follows_children() -> None:
         meter.measure([os.getpid()], t0)
         time.sleep(0.5)
         usage = meter.measure([os.getpid()], time.time())
-        assert usage.processes >= 2 and usage.cpu_cores is not None and usage.cpu_cores > 0.2
+        assert usage.processes >= 2 and usage.cpu_cores is not None and usage.cpu_cores > 0.05
         assert meter.measure([999_999_999], time.time()).processes == 0  # gone pids are skipped
     finally:
         child.kill()
