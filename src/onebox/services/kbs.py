@@ -1185,7 +1185,7 @@ def encrypt_existing(
     between its index swap and its mark is unreadable until the command runs again (it sees the
     encrypted index and only marks it). A KB being ingested is skipped and reported; running
     services must be restarted afterwards (their open connections see the replaced index file).
-    pgvector KBs are left to the database server's own encryption."""
+    A pgvector KB gets its files sealed; its index is left to the database server's encryption."""
     from onebox.rag.index import _sqlite as sq
     from onebox.rag.index.embedded import ANN_DIR, DB_FILE
 
@@ -1197,9 +1197,6 @@ def encrypt_existing(
             progress("knowledge bases", i - 1, len(rows))
         if config.get("encrypted"):
             report["already"] += 1
-            continue
-        if str(config.get("index", "")).startswith("postgres"):
-            report["skipped"].append(f"{name}: pgvector index (use the database server's encryption)")
             continue
         if _active_jobs(app, kb_id):
             report["skipped"].append(f"{name}: being ingested; run this again when the job ends")
@@ -1227,7 +1224,7 @@ def encrypt_existing(
                     st = path.stat()
                     sealer.write(path, path.read_bytes(), rel)
                     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-            folder = Path(config["index"])
+            folder = Path(config["index"])  # a pgvector URL: no such folder, the server's encryption
             graph = folder / ANN_DIR / "graph.hnsw"
             if graph.is_file() and not is_sealed_file(graph):
                 from onebox.rag.index._ann import SEALED_NAME
