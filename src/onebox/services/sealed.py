@@ -58,7 +58,7 @@ from onebox.security import licence as lic
 from onebox.security.policy import HOST_ID_PREFIX, PolicyRules, parse_instant
 from onebox.security.secrets import load_or_create
 from onebox.security.streams import TAG_BYTES, aead, nonce, open_chunks, seal_chunks
-from onebox.services import models, policies
+from onebox.services import encryption, models, policies
 from onebox.services.context import App
 from onebox.services.projects import get_project
 from onebox.store.blobs import Manifest, ManifestEntry
@@ -567,7 +567,8 @@ def import_sealed(
                 "or belongs to another licence"
             )
         package_key = lic.unwrap_key(body.get("key") or {}, host_keys(app).exchange, _wrap_context(body))
-        staging = Path(tempfile.mkdtemp(dir=app.staging_dir, prefix="sealed-"))
+        # Decrypted files wait where plaintext may: private memory when encryption at rest is on.
+        staging = Path(tempfile.mkdtemp(dir=encryption.scratch_dir(app), prefix="sealed-"))
         try:
             tree = staging / "model"
             entries = _open_package(package, package_key, str(pkg["package_id"]), tree, progress)
