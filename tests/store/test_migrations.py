@@ -8,7 +8,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
 from onebox.store.db import Database, alembic_config, current_revision
-from onebox.store.tables import Base, Dataset, DatasetVersion, Model, ModelVersion, Project, new_id
+from onebox.store.tables import Base, Dataset, DatasetVersion, Model, ModelVersion, Project, in_models, new_id
 
 TABLES = {
     "projects",
@@ -33,6 +33,9 @@ TABLES = {
     "nodes",
     "metric_series",
     "metric_points",
+    "search_docs",
+    "search_terms",
+    "search_marks",
 }
 
 
@@ -41,9 +44,12 @@ def test_upgrade_creates_every_table_and_matches_models(db_url: str) -> None:
     db.migrate()
     db.migrate()  # idempotent
     assert set(inspect(db.engine).get_table_names()) >= TABLES
-    assert current_revision(db.engine) == "0004"
+    assert current_revision(db.engine) == "0005"
     with db.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True, "include_object": in_models}),
+            Base.metadata,
+        )
     assert diff == []
     db.dispose()
 

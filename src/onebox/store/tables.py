@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -463,3 +463,88 @@ class MetricPoint(Base):
     ts: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     """Unix time in milliseconds (a rollup's bucket start)."""
     value: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+# -- global search (migration 0005) -------------------------------------------------------------
+
+
+class SearchDoc(Base):
+    """One document of the global search: a resource, a knowledge-base document's title and source,
+    or one job log line.
+
+    ``name_terms``/``body_terms`` hold :func:`onebox.rag.lexical.terms` of its text, each prefixed
+    with the scope that may see it (``p<project>_知识库``): a term's document frequency, and every
+    posting list a query walks, is per scope, so one project's queries never touch, count or rank
+    by another's documents. The index over them is backend-native and made by migration 0005
+    alone (SQLite FTS5 table ``search_fts``; PostgreSQL ``tsv`` column with a GIN index)."""
+
+    __tablename__ = "search_docs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    """Assigned by the indexer (under its write lock); the FTS5 rowid on SQLite."""
+    key: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    owner: Mapped[str] = mapped_column(String(160), index=True, nullable=False)
+    """``kind:id`` of the resource the document belongs to (a job for its log lines): deleting
+    the resource deletes every document it owns."""
+    project_id: Mapped[str | None] = mapped_column(String(32))
+    scope: Mapped[str] = mapped_column(String(40), nullable=False)
+    title: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    detail: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    status: Mapped[str | None] = mapped_column(String(32))
+    line: Mapped[int | None] = mapped_column(Integer)
+    name_terms: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    body_terms: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    length: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    """Tokens of the document as BM25 counts them (its kind, name and body terms)."""
+    stamp: Mapped[str] = mapped_column(String(64), default="", nullable=False)
+    """The source row's change marker when indexed (its updated_at): unchanged rows are skipped."""
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When the resource (not the document) was created."""
+
+
+class SearchTerm(Base):
+    """Document frequency of one scoped term: what plans a query and ranks its candidates."""
+
+    __tablename__ = "search_terms"
+    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_with_rowid": False}
+    term: Mapped[str] = mapped_column(Text, primary_key=True)
+    df: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class SearchMark(Base):
+    """How far the search index has caught up: per source a time, per job log an offset, and the
+    corpus totals BM25 needs (``stats:docs``, ``stats:tokens``)."""
+
+    __tablename__ = "search_marks"
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    mark: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+# The search index catches up from these before each query (migration 0005).
+for _table in (
+    Model,
+    ModelVersion,
+    Dataset,
+    DatasetVersion,
+    Job,
+    Deployment,
+    KnowledgeBase,
+    User,
+    Membership,
+):
+    Index(f"ix_{_table.__tablename__}_updated_at", _table.__table__.c.updated_at)
+
+SEARCH_NATIVE = frozenset({"tsv", "ix_search_docs_tsv"})
+"""Backend-native search objects outside the models: PostgreSQL's ``tsv`` column and its GIN
+index (SQLite's FTS5 tables are recognised by their ``search_fts`` prefix)."""
+
+
+def in_models(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic ``include_object``: what schema comparison should see (not the native search index)."""
+    if reflected and compare_to is None and name:
+        if type_ == "table" and name.startswith("search_fts"):
+            return False
+        if type_ in ("column", "index") and name in SEARCH_NATIVE:
+            return False
+    return True

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from onebox.store.tables import Base
+from onebox.store.tables import Base, in_models
 
 config = context.config
 engine = config.attributes["engine"]
@@ -13,6 +13,7 @@ with engine.connect() as connection:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=in_models,
     )
     with context.begin_transaction():
         context.run_migrations()
