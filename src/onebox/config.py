@@ -92,11 +92,45 @@ class Settings(BaseSettings):
     monitor_rollup_retention_s: int = 30 * 24 * 3600
     """How long rollups are kept (seconds)."""
 
+    alerts_enabled: bool = True
+    """Evaluate alert rules after each monitoring pass of ``onebox serve``."""
+
+    alert_rules_file: Path | None = None
+    """A YAML file of alert rules (and webhooks) merged over the shipped ones: a rule with a
+    shipped rule's name replaces it, ``enabled: false`` switches it off (see
+    ``onebox events rules``)."""
+
+    alert_webhooks: list[str] = Field(default_factory=list)
+    """URLs that receive every alert of severity warning or above as a JSON POST (a JSON list in
+    the environment: ``ONEBOX_ALERT_WEBHOOKS='["https://hooks.example.com/x"]'``). Only the
+    operator sets them: no API request can add one."""
+
+    alert_webhook_max_attempts: int = 5
+    """Delivery attempts per alert and webhook before it is recorded as failed (exponential
+    backoff from 2 s between them)."""
+
+    alert_webhook_timeout_s: float = 5.0
+    """How long one webhook delivery attempt may take (seconds)."""
+
     @field_validator("monitor_interval_s")
     @classmethod
     def _interval(cls, v: float) -> float:
         if v != 0 and not 1 <= v <= 3600:
             raise ValueError("must be 0 (off) or between 1 and 3600 seconds")
+        return v
+
+    @field_validator("alert_webhook_max_attempts")
+    @classmethod
+    def _attempts(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise ValueError("must be between 1 and 100")
+        return v
+
+    @field_validator("alert_webhook_timeout_s")
+    @classmethod
+    def _webhook_timeout(cls, v: float) -> float:
+        if not 0.1 <= v <= 300:
+            raise ValueError("must be between 0.1 and 300 seconds")
         return v
 
     @field_validator("monitor_rollup_s")

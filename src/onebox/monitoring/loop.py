@@ -13,12 +13,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from onebox.config import Settings
 from onebox.monitoring import cluster
+from onebox.monitoring.alerts import AlertEngine
 from onebox.monitoring.host import HostCollector
 from onebox.monitoring.node import NodeIdentity, aggregate, health_problems, identify
 from onebox.monitoring.nvml import GpuCollector
+from onebox.monitoring.rules import load_rules
 from onebox.monitoring.samples import NODE, Sample, Snapshot
 from onebox.monitoring.tasks import DeploymentCounters, TaskCollector
 from onebox.monitoring.tsdb import SeriesWriter
@@ -44,6 +47,13 @@ class MonitorConfig:
     """How long rollups are kept."""
     node_name: str | None = None
     """This node's name (default: the host name)."""
+    alerts: bool = False
+    """Evaluate alert rules after each pass (``onebox serve`` turns it on)."""
+    alert_rules_file: Path | None = None
+    """The operator's rules file, merged over the shipped rules."""
+    alert_webhooks: tuple[str, ...] = ()
+    alert_webhook_max_attempts: int = 5
+    alert_webhook_timeout_s: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MonitorConfig:
@@ -53,6 +63,11 @@ class MonitorConfig:
             rollup_s=settings.monitor_rollup_s,
             rollup_retention_s=settings.monitor_rollup_retention_s,
             node_name=settings.node_name,
+            alerts=settings.alerts_enabled,
+            alert_rules_file=settings.alert_rules_file,
+            alert_webhooks=tuple(settings.alert_webhooks),
+            alert_webhook_max_attempts=settings.alert_webhook_max_attempts,
+            alert_webhook_timeout_s=settings.alert_webhook_timeout_s,
         )
 
 
@@ -67,10 +82,14 @@ class Monitor:
         gpus: GpuCollector | None = None,
         open_gpus: bool = True,
         clock: Clock = time.time,
+        alerts: AlertEngine | None = None,
     ) -> None:
         self.db = db
         self.config = config or MonitorConfig()
         self.clock = clock
+        rules = None
+        if alerts is None and self.config.alerts:  # a bad rules file fails before anything opens
+            rules = load_rules(self.config.alert_rules_file, self.config.alert_webhooks)
         self.gpus = gpus if gpus is not None else (GpuCollector.open() if open_gpus else None)
         self.node: NodeIdentity = identify(self.config.node_name, self.gpus)
         self.host = HostCollector()
@@ -79,6 +98,16 @@ class Monitor:
         self.latest: Snapshot | None = None
         self.problems: list[str] = []
         self._last_prune = -float("inf")
+        self.alerts = alerts
+        """Evaluates the alert rules after each pass (built from the config when it asks for it)."""
+        if rules is not None:
+            self.alerts = AlertEngine.build(
+                db,
+                self.node.id,
+                rules,
+                max_attempts=self.config.alert_webhook_max_attempts,
+                timeout_s=self.config.alert_webhook_timeout_s,
+            )
 
     def collect(self, deployments: list[DeploymentCounters] | None = None) -> Snapshot:
         """One pass over every level; writes the node's heartbeat (the cluster level reads it)."""
@@ -120,9 +149,16 @@ class Monitor:
                 rollup_retention_s=self.config.rollup_retention_s,
             )
             self._last_prune = snap.ts
+        if self.alerts is not None:
+            try:
+                self.alerts.evaluate(snap)
+            except Exception:  # a bad alert pass must not cost the monitoring itself
+                log.exception("alert evaluation failed")
         return snap
 
     def close(self) -> None:
+        if self.alerts is not None:
+            self.alerts.close()
         if self.gpus is not None:
             self.gpus.close()
             self.gpus = None
