@@ -221,11 +221,15 @@ def test_alerts_survive_a_restart_and_gone_resources_resolve(sqlite_app: App, tm
     pid = project_id(sqlite_app, "default")
 
     def job(loss: float) -> Sample:
-        return Sample(TASK, "job:job_1", "job_loss_ratio_to_min", loss, name="train", project_id=pid, project="default")
+        return Sample(
+            TASK, "job:job_1", "job_loss_ratio_to_min", loss, name="train", project_id=pid, project="default"
+        )
 
     first = _engine(sqlite_app, tmp_path, text)
     [fired] = first.evaluate(Snapshot("box", T0, [job(3.0)]))
-    assert fired["project"] == "default" and fired["resource_type"] == "job" and fired["resource_id"] == "job_1"
+    assert (
+        fired["project"] == "default" and fired["resource_type"] == "job" and fired["resource_id"] == "job_1"
+    )
     # a new monitor (gateway restart) adopts the open alert instead of firing it again
     second = _engine(sqlite_app, tmp_path, text)
     assert second.evaluate(Snapshot("box", T0 + 10, [job(3.5)])) == []
@@ -244,7 +248,9 @@ def test_another_nodes_alert_is_left_to_it_unless_it_is_lost(sqlite_app: App, tm
 
     text = "rules:\n  - name: gpu_hot\n    for: 0\n"
     other = AlertEngine(sqlite_app.db, "box-b", load_rules(_write(tmp_path, text)))
-    [fired] = other.evaluate(Snapshot("box-b", T0, [Sample(COMPONENT, "gpu0", "gpu_temperature_celsius", 95)]))
+    [fired] = other.evaluate(
+        Snapshot("box-b", T0, [Sample(COMPONENT, "gpu0", "gpu_temperature_celsius", 95)])
+    )
     assert fired["node"] == "box-b"
     mine = AlertEngine(sqlite_app.db, "box-a", load_rules(_write(tmp_path, text)))
     assert mine.evaluate(Snapshot("box-a", T0 + 10, [])) == []  # box-b's gpu0 is not box-a's to judge
