@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from onebox import __version__
-from onebox.api import identity_routes, kbs_routes, metrics_routes
+from onebox.api import events_routes, identity_routes, kbs_routes, metrics_routes
 from onebox.api.auth import authorize, install_auth, principal_of
 from onebox.api.deployment_counters import deployment_counters
 from onebox.api.deployments_routes import router as deployments_router
@@ -42,6 +42,7 @@ from onebox.config import Settings, load_settings
 from onebox.errors import InvalidInputError, OneboxError, Problem, UnavailableError
 from onebox.monitoring import exposition
 from onebox.monitoring.loop import Monitor, MonitorConfig, MonitorTask
+from onebox.monitoring.rules import load_rules
 from onebox.monitoring.tasks import DeploymentCounters
 from onebox.security.quotas import LimitsCache, QuotaGate, Ticket, tokens_from_usage
 from onebox.serve.supervisor import Replica, Route, Supervisor
@@ -92,6 +93,8 @@ def create_app(
     supervisor = Supervisor(onebox, **supervisor_options)
     metrics = GatewayMetrics()
     monitoring = (supervise if monitor is None else monitor) and settings.monitor_interval_s > 0
+    if monitoring and settings.alerts_enabled:  # a bad rules file stops the start, naming every problem
+        load_rules(settings.alert_rules_file, settings.alert_webhooks)
 
     async def counters() -> list[DeploymentCounters]:
         stats = await supervisor.worker_stats() if supervise else []
@@ -150,6 +153,7 @@ def create_app(
     app.include_router(kbs_routes.router)
     app.include_router(identity_routes.router)
     app.include_router(metrics_routes.router)
+    app.include_router(events_routes.router)
 
     @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streaming or not)")
     async def chat_completions(request: Request) -> Response:

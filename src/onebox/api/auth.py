@@ -45,6 +45,8 @@ PERMISSIONS: dict[tuple[str, str], str | None] = {
     ("GET", "/metrics"): "read",
     ("GET", "/api/v1/metrics/query"): "read",
     ("GET", "/api/v1/nodes"): "read",
+    ("GET", "/api/v1/events"): "read",
+    ("POST", "/api/v1/events/{event_id}/ack"): "operate",
     ("GET", "/api/v1/audit"): "audit",
     ("GET", "/api/v1/audit/verify"): "audit",
     ("GET", "/api/v1/auth/me"): None,

@@ -19,6 +19,7 @@ from onebox import __version__
 from onebox.cli import audit as audit_cli
 from onebox.cli import data as data_cli
 from onebox.cli import encryption as encryption_cli
+from onebox.cli import events as events_cli
 from onebox.cli import host as host_cli
 from onebox.cli import identity as identity_cli
 from onebox.cli import jobs as jobs_cli
@@ -55,6 +56,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(encryption_cli.app, name="encryption")
 app.add_typer(quotas_cli.app, name="quotas")
 app.add_typer(metrics_cli.app, name="metrics")
+app.add_typer(events_cli.app, name="events")
 app.command("top")(top_command)
 app.command("eval")(eval_command)
 app.command("train")(train_command)
