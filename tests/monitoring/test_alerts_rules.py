@@ -276,3 +276,23 @@ def test_node_level_samples_and_levels_filter(sqlite_app: App, tmp_path: Path) -
     )
     [fired] = engine.evaluate(snap)
     assert fired["level"] == "node" and fired["resource"] == "box"
+
+
+def test_lifecycle_and_acknowledgement_on_both_backends(app: App, tmp_path: Path) -> None:
+    engine = _engine(app, tmp_path, "rules:\n  - name: gpu_hot\n    for: 0\n")
+    long_node = "a-node-with-a-name-longer-than-32-characters"
+    engine.node = long_node
+    [fired] = engine.evaluate(
+        Snapshot(long_node, T0, [Sample(COMPONENT, "gpu0", "gpu_temperature_celsius", 95)])
+    )
+    assert fired["resource_id"] == long_node[:32] and fired["node"] == long_node
+    acked = events.acknowledge(app, fired["id"], "cooling fixed", now=T0 + 5)
+    assert acked["acknowledged"]["note"] == "cooling fixed" and acked["acknowledged"]["by"].startswith(
+        "local:"
+    )
+    [resolved] = engine.evaluate(
+        Snapshot(long_node, T0 + 10, [Sample(COMPONENT, "gpu0", "gpu_temperature_celsius", 70)])
+    )
+    [row] = events.list_events(app, state="resolved", severity="warning", since=T0 - 1)
+    assert row["id"] == resolved["id"] == fired["id"] and row["acknowledged"]["note"] == "cooling fixed"
+    assert events.list_events(app, state="firing") == []
