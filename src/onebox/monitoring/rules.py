@@ -16,6 +16,7 @@ not flap.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import math
@@ -196,10 +197,8 @@ def _number(raw: dict[str, Any], key: str, where: str, errors: ErrorList) -> flo
     if v is None:
         return None
     if isinstance(v, str):  # YAML 1.1 reads 1e9 (no dot) as text
-        try:
+        with contextlib.suppress(ValueError):
             v = float(v)
-        except ValueError:
-            pass
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         errors.add(f"{where}.{key}", f"{v!r} is not a number", "write a plain number such as 0.9 or 85")
         return None
