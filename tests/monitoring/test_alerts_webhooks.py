@@ -180,3 +180,23 @@ def test_unreachable_receiver_and_severity_filter(sqlite_app: App, tmp_path: Pat
         assert "ConnectError" in record["last_error"]
     finally:
         engine.close()
+
+
+def test_pending_deliveries_resume_after_a_restart(
+    sqlite_app: App, tmp_path: Path, receivers: Callable[..., Receiver]
+) -> None:
+    receiver = receivers(fail=1)
+    first = _engine(sqlite_app, tmp_path, [receiver.url], backoff_s=3600, max_attempts=5)
+    _hot(first, 0, 95)
+    until(lambda: next(iter(_deliveries(sqlite_app).values()))["attempts"] == 1)
+    first.close()  # the gateway stops with the retry an hour away
+    [record] = _deliveries(sqlite_app).values()
+    assert record["status"] == "pending" and record["last_error"] == "HTTP 503"
+    second = AlertEngine.build(sqlite_app.db, "box", load_rules(tmp_path / "rules.yaml", [receiver.url]))
+    try:
+        assert second.notifier is not None
+        until(lambda: next(iter(_deliveries(sqlite_app).values()))["status"] == "delivered")
+        assert next(iter(_deliveries(sqlite_app).values()))["attempts"] == 2
+        assert receiver.bodies[-1]["state"] == "firing" and len(receiver.bodies) == 2
+    finally:
+        second.close()

@@ -61,6 +61,7 @@ class AlertEngine:
         notifier = None
         if rules.webhooks:
             notifier = Notifier(db, rules.webhooks, max_attempts=max_attempts, timeout_s=timeout_s)
+            notifier.resume()  # what a previous run could not deliver yet
         return cls(db, node_id, rules, notifier=notifier)
 
     def signals(self, snapshot: Snapshot) -> list[Sample]:

@@ -5,7 +5,8 @@ The monitor pass only queues (``submit`` never blocks on the network), so a slow
 receiver cannot stall monitoring. URLs come only from the operator's configuration (the rules
 file or the ``alert_webhooks`` setting), never from a request, and redirects are not followed.
 A delivery is retried on connection errors, timeouts, 408, 429 and 5xx answers; any other 4xx is
-final. Deliveries still queued when the process stops stay recorded as ``pending``.
+final. Deliveries still queued when the process stops stay recorded as ``pending``, and the next
+monitor picks them up again (:meth:`Notifier.resume`) while the webhook is still configured.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
 from onebox import __version__
 from onebox.monitoring import alert_store
 from onebox.monitoring.rules import Webhook, severity_rank
 from onebox.store.db import Database
+from onebox.store.tables import Event, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ BACKOFF_S = 2.0
 BACKOFF_MAX_S = 300.0
 TIMEOUT_S = 5.0
 RETRY_STATUSES = frozenset({408, 429})
+RESUME_WITHIN_S = 86400.0
+"""Pending deliveries of alerts younger than this are resumed after a restart."""
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -115,6 +121,41 @@ class Notifier:
         if hooks:
             self._ensure_thread()
         return len(hooks)
+
+    def resume(self, within_s: float = RESUME_WITHIN_S) -> int:
+        """Queue again the deliveries a previous process left pending (same webhook position and
+        origin in the configuration); returns how many."""
+        if not self.webhooks:
+            return 0
+        floor = utcnow() - timedelta(seconds=within_s)
+        with self.db.session() as s:
+            rows = list(
+                s.scalars(
+                    select(Event).where(Event.kind.like(f"{alert_store.PREFIX}%"), Event.created_at >= floor)
+                )
+            )
+        n = 0
+        for ev in rows:
+            alert = alert_store.view(ev)
+            for key, record in (alert.get("deliveries") or {}).items():
+                state, _, rest = key.partition(" #")
+                index, _, label = rest.partition(" ")
+                if record.get("status") != PENDING or not index.isdigit() or int(index) >= len(self.webhooks):
+                    continue
+                hook = self.webhooks[int(index)]
+                if hook.label != label:
+                    continue
+                body = payload({**alert, "state": state})
+                item = _Delivery(
+                    self.clock(), next(self._seq), ev.id, key, hook, body, int(record.get("attempts", 0))
+                )
+                with self._cv:
+                    heapq.heappush(self._queue, item)
+                    self._cv.notify()
+                n += 1
+        if n:
+            self._ensure_thread()
+        return n
 
     def _ensure_thread(self) -> None:
         with self._cv:
