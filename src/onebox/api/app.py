@@ -38,6 +38,7 @@ from onebox.api.deployments_routes import router as deployments_router
 from onebox.api.errors import error_response, install_error_handlers, openai_error_body
 from onebox.api.gateway_metrics import GatewayMetrics, StreamMeter
 from onebox.api.middleware import install_middleware
+from onebox.api.search_routes import router as search_router
 from onebox.config import Settings, load_settings
 from onebox.errors import InvalidInputError, OneboxError, Problem, UnavailableError
 from onebox.monitoring import exposition
@@ -153,6 +154,7 @@ def create_app(
     app.include_router(kbs_routes.router)
     app.include_router(identity_routes.router)
     app.include_router(metrics_routes.router)
+    app.include_router(search_router)
     app.include_router(events_routes.router)
 
     @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streaming or not)")

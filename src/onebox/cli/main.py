@@ -31,6 +31,7 @@ from onebox.cli import quotas as quotas_cli
 from onebox.cli import serve as serve_cli
 from onebox.cli.evaluate import eval_command
 from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
+from onebox.cli.search import search_command
 from onebox.cli.state import JsonOpt, get_app, settings
 from onebox.cli.top import top_command
 from onebox.cli.train import train_command
@@ -58,6 +59,7 @@ app.add_typer(quotas_cli.app, name="quotas")
 app.add_typer(metrics_cli.app, name="metrics")
 app.add_typer(events_cli.app, name="events")
 app.command("top")(top_command)
+app.command("search")(search_command)
 app.command("eval")(eval_command)
 app.command("train")(train_command)
 app.command("serve")(serve_cli.serve_command)
