@@ -39,6 +39,7 @@ from onebox.api.errors import error_response, install_error_handlers, openai_err
 from onebox.api.gateway_metrics import GatewayMetrics, StreamMeter
 from onebox.api.middleware import install_middleware
 from onebox.api.search_routes import router as search_router
+from onebox.api.topology_routes import router as topology_router
 from onebox.config import Settings, load_settings
 from onebox.errors import InvalidInputError, OneboxError, Problem, UnavailableError
 from onebox.monitoring import exposition
@@ -154,6 +155,7 @@ def create_app(
     app.include_router(kbs_routes.router)
     app.include_router(identity_routes.router)
     app.include_router(metrics_routes.router)
+    app.include_router(topology_router)
     app.include_router(search_router)
     app.include_router(events_routes.router)
 

@@ -45,6 +45,8 @@ PERMISSIONS: dict[tuple[str, str], str | None] = {
     ("GET", "/metrics"): "read",
     ("GET", "/api/v1/metrics/query"): "read",
     ("GET", "/api/v1/nodes"): "read",
+    ("GET", "/api/v1/topology/jobs/{id}"): "read",
+    ("GET", "/api/v1/topology/deployments/{name}"): "read",
     ("GET", "/api/v1/search"): "read",
     ("POST", "/api/v1/search/rebuild"): "admin",
     ("GET", "/api/v1/events"): "read",

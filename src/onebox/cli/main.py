@@ -29,6 +29,7 @@ from onebox.cli import models as models_cli
 from onebox.cli import policies as policies_cli
 from onebox.cli import quotas as quotas_cli
 from onebox.cli import serve as serve_cli
+from onebox.cli import topology as topology_cli
 from onebox.cli.evaluate import eval_command
 from onebox.cli.output import console, err_console, human_size, print_json, progress_bar
 from onebox.cli.search import search_command
@@ -57,6 +58,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(encryption_cli.app, name="encryption")
 app.add_typer(quotas_cli.app, name="quotas")
 app.add_typer(metrics_cli.app, name="metrics")
+app.add_typer(topology_cli.app, name="topology")
 app.add_typer(events_cli.app, name="events")
 app.command("top")(top_command)
 app.command("search")(search_command)

@@ -122,7 +122,8 @@ def _gateway(g: Graph, f: TopologyFacts) -> None:
     gw = f.gateway
     assert gw is not None
     attrs: dict[str, object] = {"running": gw.running, "pid": gw.pid, "host": gw.host}
-    node = _node(g, f"{GATEWAY}:{gw.host or 'local'}", GATEWAY, "gateway", gateway_health(gw, f.task), attrs)
+    label = f"gateway on {gw.host}" if gw.host else "gateway"
+    node = _node(g, f"{GATEWAY}:{gw.host or 'local'}", GATEWAY, label, gateway_health(gw, f.task), attrs)
     node.events = _latest(gw.events)
     g.link(node.id, g.root, ROUTES)
     if gw.host is not None and gw.host in f.nodes:
@@ -228,12 +229,12 @@ def _devices(g: Graph, n: NodeFacts, p: ProcessFacts, data_path: str | None) -> 
     comps = n.components
     out = [_cpus(g, n)]
     mem_health = memory_health(comps.get("memory", {}), component_events(n.events, "memory"))
-    out.append(_component(g, n, MEMORY, "memory", "memory", mem_health))
+    out.append(_component(g, n, MEMORY, "RAM", "memory", mem_health))
     mount = filesystem_for(data_path, [r.removeprefix("fs:") for r in comps if r.startswith("fs:")])
     if mount is not None:
         res = f"fs:{mount}"
         health = filesystem_health(comps.get(res, {}), component_events(n.events, res), mount)
-        out.append(_component(g, n, FILESYSTEM, f"file system {mount}", res, health, mount=mount))
+        out.append(_component(g, n, FILESYSTEM, mount, res, health, mount=mount))
     names = {int(d.get("index", -1)): str(d.get("name", "")) for d in n.info.get("gpus") or []}
     for i in p.gpus:
         res = f"gpu{i}"

@@ -93,6 +93,18 @@ def is_running(settings: Settings) -> bool:
         return False
 
 
+def gateway_pid(settings: Settings) -> int | None:
+    """The pid of the gateway supervising this home's deployments (it wrote it into the lock);
+    None when no gateway runs."""
+    if not is_running(settings):
+        return None
+    try:
+        text = lock_path(settings).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 @dataclass
 class Replica:
     """One worker process of a deployment, as the supervisor sees it."""
