@@ -31,6 +31,13 @@ from tests.train.conftest import make_tiny_model
 PROMPT = torch.tensor([[1, 17, 42, 99, 7, 250, 3, 64]])
 
 
+@pytest.fixture(autouse=True)
+def own_private_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private memory folder of this test's own: the pytest process's folder may already hold
+    plaintext checkouts that earlier tests made on purpose (``weights_in_memory=False``)."""
+    monkeypatch.setattr(sealed, "_private", None)
+
+
 def _enc_settings(root: Path) -> Settings:
     key = write_key_file(root / "keys" / "master.key")
     return Settings(home=root / "home", gc_grace_seconds=0, encrypt_artifacts=True, master_key_file=key)
