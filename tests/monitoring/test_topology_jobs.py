@@ -26,6 +26,7 @@ from onebox.jobs.executor import LocalExecutor
 from onebox.monitoring import cluster
 from onebox.monitoring.loop import Monitor, MonitorConfig
 from onebox.monitoring.node import identify
+from onebox.monitoring.nvml import GpuCollector
 from onebox.monitoring.samples import COMPONENT, Sample, Snapshot
 from onebox.monitoring.tsdb import SeriesWriter
 from onebox.services import datasets, events, jobs, models, topology, training
@@ -33,6 +34,7 @@ from onebox.services.context import App, open_app
 from onebox.store.tables import Job, ModelVersion, new_id
 from onebox.train.config import SFTConfig
 from tests.auth_helpers import admin_key, bearer
+from tests.monitoring.fakes import FakeNvml
 from tests.monitoring.helpers import project_id
 from tests.train.conftest import make_tiny_model
 
@@ -232,6 +234,57 @@ def test_a_killed_worker_on_healthy_hardware(sqlite_app: App) -> None:
         g["cause"]["node"] == f"process:{job_id}:worker"
         and g["cause"]["reason"] == "worker killed by SIGKILL"
     )
+
+
+def test_gpu_readings_through_the_nvml_collector(sqlite_app: App) -> None:
+    """The monitor's own NVML path (a stand-in pynvml: gpu1 at 94 °C and throttled) feeds the GPU
+    the job was given; the GPU it was not given stays out of its graph."""
+    mon = Monitor(sqlite_app.db, MonitorConfig(), gpus=GpuCollector.open(FakeNvml()))
+    mon.step()
+    mon.close()
+    job_id = _failed_job(sqlite_app, exit_code=-9, error="worker killed by SIGKILL", devices=["1"])
+    g = topology.job_topology(sqlite_app, job_id)
+    gpus = _by_kind(g, "gpu")
+    assert [n["attrs"]["index"] for n in gpus] == [1] and gpus[0]["label"] == "gpu1 NVIDIA H100 80GB HBM3"
+    assert gpus[0]["reasons"] == ["gpu1 is at 94 °C", "gpu1 is throttled"]
+    assert gpus[0]["metrics"]["gpu_temperature_celsius"] == 94.0
+    assert g["cause"]["node"] == gpus[0]["id"]
+
+
+def test_a_running_worker_then_its_death(sqlite_app: App) -> None:
+    """A live worker on this host is inspected (alive, memory); once it is gone and its heartbeat
+    stale, the job is critical and the vanished worker is the cause."""
+    _node_with(sqlite_app, [Sample(COMPONENT, "fs:/", "fs_usage_ratio", 0.3)])
+    job_id = new_id("job")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "onebox.jobs.worker", job_id]
+    )
+    try:
+        now = datetime.now(UTC)
+        with sqlite_app.db.session() as s:
+            s.add(
+                Job(
+                    id=job_id, project_id=project_id(sqlite_app, "default"), name="sft-live",
+                    status="running", type="train", attempts=1, host=HOST, pid=worker.pid, started_at=now,
+                    heartbeat_at=now,
+                )
+            )  # fmt: skip
+        g = topology.job_topology(sqlite_app, job_id)
+        (proc,) = _by_kind(g, "process")
+        assert proc["health"] == "ok" and proc["attrs"]["alive"] is True and proc["attrs"]["rss_bytes"] > 0
+        assert g["health"] == "ok" and g["cause"] is None
+    finally:
+        worker.kill()
+        worker.wait()
+    with sqlite_app.db.session() as s:
+        s.get(Job, job_id).heartbeat_at = now - timedelta(seconds=300)
+    g = topology.job_topology(sqlite_app, job_id)
+    (proc,) = _by_kind(g, "process")
+    assert proc["reasons"] == [f"worker pid {worker.pid} is gone"]
+    assert g["health"] == "critical" and g["nodes"][0]["reasons"][0].startswith(
+        "no heartbeat from its worker"
+    )
+    assert g["cause"]["node"] == proc["id"]
 
 
 def test_another_projects_job_is_not_found_like_a_missing_one(sqlite_app: App) -> None:
