@@ -217,10 +217,14 @@ def test_rebuild_indexes_the_same_documents(app: App, index: SearchIndex, box: B
 def test_a_commit_stamped_before_the_last_catch_up_is_still_indexed(
     app: App, index: SearchIndex, box: Box
 ) -> None:
-    index.catch_up()
-    stamp = datetime.now(UTC) - timedelta(seconds=search_sync.OVERLAP_S / 2)
-    with app.db.session() as s:  # stamped before the catch-up above, committed after it
+    now = datetime.now(UTC)
+    jobs = Job.__table__
+    with app.db.session() as s:
         s.execute(
-            Job.__table__.update().where(Job.id == box.ids["job"]).values(name="renamed", updated_at=stamp)
+            jobs.update().where(Job.id == box.ids["job"]).values(updated_at=now - timedelta(seconds=50))
         )
+    index.catch_up()
+    with app.db.session() as s:  # stamped before the catch-up above, committed after it
+        stamp = now - timedelta(seconds=search_sync.OVERLAP_S / 2)
+        s.execute(jobs.update().where(Job.id == box.ids["job"]).values(name="renamed", updated_at=stamp))
     assert find(index, member(box), "renamed")[0]["id"] == box.ids["job"]

@@ -153,8 +153,15 @@ def _hits(
     s: Session, viewer: Viewer, candidates: list[tuple[Any, float]], limit: int
 ) -> list[dict[str, Any]]:
     resolver = Resolver(s, viewer)
-    live = resolver.live([d for d, _ in candidates])
-    shown = [(d, score, live[d.id]) for d, score in candidates if d.id in live][:limit]
+    shown: list[tuple[Any, float, Any]] = []
+    step = limit + 5  # most candidates are live: check the best first, more only when some are not
+    for i in range(0, len(candidates), step):
+        chunk = candidates[i : i + step]
+        live = resolver.live([d for d, _ in chunk])
+        shown += [(d, score, live[d.id]) for d, score in chunk if d.id in live]
+        if len(shown) >= limit:
+            break
+    shown = shown[:limit]
     related = resolver.related([(d, row) for d, _, row in shown])
     pids = {d.project_id for d, _, _ in shown if d.project_id}
     names = (

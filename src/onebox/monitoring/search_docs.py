@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from onebox.store.tables import (
@@ -104,7 +104,8 @@ class KbDocument:
 
 
 def iso(t: datetime | None) -> str:
-    return t.isoformat() if t is not None else ""
+    """A change marker: fixed width, so later times compare greater as strings too."""
+    return t.astimezone(UTC).isoformat(timespec="microseconds") if t is not None else ""
 
 
 def _cut(text: str, n: int) -> str:
@@ -356,8 +357,9 @@ def event_doc(e: Event) -> Doc:
     )
 
 
-def user_docs(u: User, member_of: Iterable[str]) -> list[Doc]:
-    """One document per scope the user is visible in (see the module docstring)."""
+def user_docs(u: User, member_of: Iterable[str], stamp: str) -> list[Doc]:
+    """One document per scope the user is visible in (see the module docstring); ``stamp`` is the
+    latest change of the user or its memberships."""
     scopes = [ALL_USERS, self_scope(u.id), *(members_scope(p) for p in sorted(set(member_of)))]
     return [
         _doc(
@@ -371,7 +373,7 @@ def user_docs(u: User, member_of: Iterable[str]) -> list[Doc]:
             status=u.status,
             name_text=_join(u.username, u.display_name),
             body_text=_join("administrator" if u.is_admin else "", u.status),
-            stamp=iso(u.updated_at),
+            stamp=stamp,
             created_at=u.created_at,
         )
         for scope in scopes

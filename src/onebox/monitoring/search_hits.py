@@ -128,27 +128,29 @@ class Resolver:
         return str(doc.resource_id).split("/", 1)[0] if doc.kind == "kb_document" else str(doc.resource_id)
 
     def _rows(self, kind: str, ids: list[str]) -> dict[str, Any]:
+        """Live rows as plain Core rows (attribute access, no ORM identity map: cheaper)."""
         s, v = self.s, self.v
         table = _TABLES.get(kind)
         if table is not None:
-            rows = s.scalars(select(table).where(table.id.in_(ids), table.project_id.in_(v.project_ids)))
+            t = table.__table__
+            rows = s.execute(select(t).where(t.c.id.in_(ids), t.c.project_id.in_(v.project_ids)))
             return {r.id: r for r in rows if r.status != "deleted"}
         if kind == "node":
-            return {r.id: r for r in s.scalars(select(Node).where(Node.id.in_(ids)))}
+            return {r.id: r for r in s.execute(select(Node.__table__).where(Node.id.in_(ids)))}
         if kind == "event":
-            rows = s.scalars(select(Event).where(Event.id.in_(ids)))
+            rows = s.execute(select(Event.__table__).where(Event.id.in_(ids)))
             return {e.id: e for e in rows if self._sees_event(e)}
         if kind == "user":
             return self._users(ids)
         return {}
 
-    def _sees_event(self, e: Event) -> bool:
+    def _sees_event(self, e: Any) -> bool:
         if e.project_id is not None:
             return self.v.sees(e.project_id)
         return self.v.operator
 
     def _users(self, ids: list[str]) -> dict[str, Any]:
-        rows = {u.id: u for u in self.s.scalars(select(User).where(User.id.in_(ids)))}
+        rows = {u.id: u for u in self.s.execute(select(User.__table__).where(User.id.in_(ids)))}
         if self.v.is_admin:
             return rows
         members: set[str] = set()
@@ -299,16 +301,15 @@ class Resolver:
         idx = {row.id: i for i, _, row in group}
         for i, _, kb in group:
             self._add(i, "embedding_model", "model_version", kb.embedding_version_id)
+        kb_id = Job.spec["kb_id"].as_string()
         q = (
-            select(Job.id, Job.spec)
-            .where(Job.type == KB_INGEST_JOB, Job.project_id.in_(self.v.project_ids))
+            select(Job.id, kb_id)
+            .where(Job.type == KB_INGEST_JOB, Job.project_id.in_(self.v.project_ids), kb_id.in_(list(idx)))
             .order_by(Job.created_at.desc())
-            .limit(200)
+            .limit(RELATED_PER_RELATION * len(idx))
         )
-        for jid, spec in self.s.execute(q):
-            kb = (spec or {}).get("kb_id")
-            if kb in idx:
-                self._add(idx[kb], "ingest_job", "job", jid)
+        for jid, kb in self.s.execute(q):
+            self._add(idx[kb], "ingest_job", "job", jid)
 
     def _rel_kb_document(self, group: list[tuple[int, Any, Any]]) -> None:
         for i, _, kb in group:

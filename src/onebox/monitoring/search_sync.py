@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, literal, or_, select, union_all
+from sqlalchemy import String, cast, literal, select, union, union_all
 from sqlalchemy.orm import Session
 
 from onebox.jobs import state
@@ -96,11 +96,10 @@ class _Source:
     column: Any
     """The indexed change marker; None: probe every row by content (few rows: nodes)."""
     build: Callable[[Session, Sequence[Any], Hooks, _Batch], None]
-    keyed: bool = True
-    """Whether the source has a document keyed ``name:id`` (a membership has none)."""
-
-    def key(self, rid: Any) -> str:
-        return f"{self.name}:{rid}"
+    feeds: str | None = None
+    """Another source whose rows this one's changes re-index (a membership: its user's)."""
+    probe_id: Any = None
+    """The column naming the row to re-index (default: the table's id)."""
 
 
 # -- builders: rows -> documents -------------------------------------------------------------
@@ -150,21 +149,18 @@ def _kb_documents(kb: KnowledgeBase, hooks: Hooks, out: _Batch) -> None:
 
 
 def _users(s: Session, rows: Sequence[User], hooks: Hooks, out: _Batch) -> None:
+    """A user's documents are stamped with the latest change of the user or its memberships."""
     ids = [u.id for u in rows]
     member_of: dict[str, list[str]] = {}
+    changed = {u.id: u.updated_at for u in rows}
     if ids:
-        for uid, pid in s.execute(
-            select(Membership.user_id, Membership.project_id).where(Membership.user_id.in_(ids))
-        ):
+        q = select(Membership.user_id, Membership.project_id, Membership.updated_at)
+        for uid, pid, at in s.execute(q.where(Membership.user_id.in_(ids))):
             member_of.setdefault(uid, []).append(pid)
+            changed[uid] = max(changed[uid], at)
     for u in rows:
         out.delete_owners.append((f"user:{u.id}", None))
-        out.add(sd.user_docs(u, member_of.get(u.id, [])))
-
-
-def _memberships(s: Session, rows: Sequence[Membership], hooks: Hooks, out: _Batch) -> None:
-    users = list(s.scalars(select(User).where(User.id.in_({m.user_id for m in rows}))))
-    _users(s, users, hooks, out)
+        out.add(sd.user_docs(u, member_of.get(u.id, []), sd.iso(changed[u.id])))
 
 
 def _events(s: Session, rows: Sequence[Event], hooks: Hooks, out: _Batch) -> None:
@@ -182,9 +178,21 @@ def _events(s: Session, rows: Sequence[Event], hooks: Hooks, out: _Batch) -> Non
 
 
 def _src(
-    name: str, table: Any, build: Callable[..., None], column: str | None = "updated_at", keyed: bool = True
+    name: str,
+    table: Any,
+    build: Callable[..., None],
+    column: str | None = "updated_at",
+    feeds: str | None = None,
+    probe_id: str | None = None,
 ) -> _Source:
-    return _Source(name, table, getattr(table, column) if column else None, build, keyed)
+    return _Source(
+        name,
+        table,
+        getattr(table, column) if column else None,
+        build,
+        feeds,
+        getattr(table, probe_id) if probe_id else None,
+    )
 
 
 SOURCES: tuple[_Source, ...] = (
@@ -197,7 +205,7 @@ SOURCES: tuple[_Source, ...] = (
     _src("knowledge_base", KnowledgeBase, _kbs),
     _src("user", User, _users),
     # a membership has no document of its own: its user's documents are rebuilt
-    _src("membership", Membership, _memberships, keyed=False),
+    _src("membership", Membership, _users, feeds="user", probe_id="user_id"),
     _src("node", Node, _simple(sd.node_doc, "node"), column=None),
     _src("event", Event, _events, column="created_at"),
 )
@@ -243,35 +251,41 @@ class CatchUp:
             self._batch.marks[f"src:{name}"] = now.isoformat()
 
     def _changed(self, s: Session, since: dict[str, datetime | None]) -> dict[str, list[Any]]:
-        """Per source, the ids of rows whose documents are missing or stale: one probe of the
-        change markers (a UNION of indexed range reads), then their documents' stamps."""
+        """Per source, the ids of rows whose documents are missing or older than the row: one
+        probe of the change markers (a UNION of indexed range reads), then their stamps."""
         probes = []
         for src in SOURCES:
             if src.column is None:
                 continue
+            rid = src.probe_id if src.probe_id is not None else src.table.id
             q = select(
-                literal(src.name, String).label("src"), cast(src.table.id, String).label("id"), src.column
+                literal(src.feeds or src.name, String).label("src"), cast(rid, String).label("id"), src.column
             )
             if since[src.name] is not None:
                 q = q.where(src.column >= since[src.name])
             probes.append(q)
         found = [(name, rid, sd.iso(t)) for name, rid, t in s.execute(union_all(*probes))]
-        found += [("node", n.id, sd.node_stamp(n)) for n in s.execute(select(Node.__table__))]
-        keyed = {src.name for src in SOURCES if src.keyed}
-        stamps = _doc_stamps(s, [f"{name}:{rid}" for name, rid, _ in found if name in keyed])
-        out: dict[str, list[Any]] = {}
-        for name, rid, stamp in found:
-            if name not in keyed or stamps.get(f"{name}:{rid}") != stamp:
-                out.setdefault(name, []).append(int(rid) if name == "membership" else rid)
-        return out
+        nodes = [("node", n.id, sd.node_stamp(n)) for n in s.execute(select(Node.__table__))]
+        stamps = _doc_stamps(s, [f"{name}:{rid}" for name, rid, _ in found + nodes])
+        out: dict[str, set[Any]] = {}
+        for name, rid, stamp in found:  # times: only a newer row is a change (stamps only grow)
+            if stamps.get(f"{name}:{rid}", "") < stamp:
+                out.setdefault(name, set()).add(rid)
+        for name, rid, stamp in nodes:  # content hashes
+            if stamps.get(f"{name}:{rid}") != stamp:
+                out.setdefault(name, set()).add(rid)
+        return {name: sorted(ids) for name, ids in out.items()}
 
     def _logs(self, s: Session, since: datetime | None) -> None:
         q = select(Job.id, Job.name, Job.project_id, Job.log_path, Job.status).where(
             Job.log_path.is_not(None)
         )
-        if since is not None:
-            q = q.where(or_(Job.status.in_(state.ACTIVE), Job.updated_at >= since))
-        jobs = list(s.execute(q))
+        if since is None:
+            jobs = list(s.execute(q))
+        else:  # two indexed reads (an OR of both would scan every job)
+            jobs = list(
+                s.execute(union(q.where(Job.status.in_(state.ACTIVE)), q.where(Job.updated_at >= since)))
+            )
         for i in range(0, len(jobs), BATCH):
             chunk = jobs[i : i + BATCH]
             offsets = _marks_of(self.store, [f"log:{j.id}" for j in chunk])

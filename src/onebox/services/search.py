@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 def _kb_documents(app: App) -> Any:
     def documents(kb: KnowledgeBase) -> list[KbDocument] | None:
-        if (kb.config or {}).get("encrypted"):
-            return []  # titles and sources stay in the KB's encrypted index
+        config = kb.config or {}
+        if config.get("encrypted") or "index" not in config:
+            return []  # titles and sources stay in the KB's encrypted index; no index: no documents
         from onebox.services import kbs
 
         try:
