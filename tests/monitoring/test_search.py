@@ -4,6 +4,7 @@ users, nodes and events, keeping current without re-indexing what did not change
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ def test_updates_are_indexed_and_nothing_unchanged_is_rewritten(
 
 def test_users_nodes_and_events_by_role(index: SearchIndex, box: Box) -> None:
     ids = box.ids
-    admin = Viewer((box.pid,), user_id=ids["root"], is_admin=True, members=True, operator=True)
+    admin = Viewer((box.pid,), user_id=ids["root"], all_users=True, members=True, operator=True)
     project_admin = Viewer((box.pid,), user_id=ids["alice"], members=True, operator=True)
     viewer = member(box)
     assert {h["name"] for h in find(index, admin, "carol alice bob", types="user")} == {
@@ -228,3 +229,33 @@ def test_a_commit_stamped_before_the_last_catch_up_is_still_indexed(
         stamp = now - timedelta(seconds=search_sync.OVERLAP_S / 2)
         s.execute(jobs.update().where(Job.id == box.ids["job"]).values(name="renamed", updated_at=stamp))
     assert find(index, member(box), "renamed")[0]["id"] == box.ids["job"]
+
+
+def test_concurrent_catch_ups_keep_the_index_consistent(app: App, index: SearchIndex, box: Box) -> None:
+    index.catch_up()
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for k in range(4):
+                with app.db.session() as s:
+                    s.get_one(Job, box.ids["job"]).error = f"worker {n} round {k}"
+                index.catch_up()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    index.catch_up()
+    with app.db.session() as s:
+        docs = s.execute(select(SearchDoc.key, SearchDoc.length)).all()
+        marks = dict(
+            s.execute(text("SELECT source, mark FROM search_marks WHERE source LIKE 'stats:%'")).all()
+        )
+        job = s.get_one(Job, box.ids["job"]).error
+    assert int(marks["stats:docs"]) == len(docs) and int(marks["stats:tokens"]) == sum(n for _, n in docs)
+    assert find(index, member(box), "sft-finance", types="job")[0]["detail"] == job

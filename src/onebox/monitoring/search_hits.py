@@ -57,8 +57,8 @@ class Viewer:
 
     project_ids: tuple[str, ...]
     user_id: str | None = None
-    is_admin: bool = False
-    """A system administrator: every user."""
+    all_users: bool = False
+    """Every user (a system administrator acting with its ``admin`` permission)."""
     members: bool = False
     """May see the members of its projects (a project administrator)."""
     operator: bool = False
@@ -72,7 +72,7 @@ class Viewer:
             out += [sd.members_scope(p) for p in self.project_ids]
         if self.operator:
             out.append(sd.OPERATORS)
-        if self.is_admin:
+        if self.all_users:
             out.append(sd.ALL_USERS)
         return out
 
@@ -151,7 +151,7 @@ class Resolver:
 
     def _users(self, ids: list[str]) -> dict[str, Any]:
         rows = {u.id: u for u in self.s.execute(select(User.__table__).where(User.id.in_(ids)))}
-        if self.v.is_admin:
+        if self.v.all_users:
             return rows
         members: set[str] = set()
         if self.v.members:
@@ -339,7 +339,7 @@ class Resolver:
             .where(Membership.user_id.in_(list(idx)))
         )
         for uid, pid, pname, role in self.s.execute(q):
-            if self.v.is_admin or self.v.sees(pid):
+            if self.v.all_users or self.v.sees(pid):
                 self.rels.append(_Rel(idx[uid], "member_of", "project", pid, f"{pname} ({role})"))
 
     # -- labels -----------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ LOCK_KEY = 0x0B0C5EA2C4
 CHUNK = 500
 _DOC_COLUMNS = "id, key, kind, resource_id, owner, project_id, scope, title, detail, status, line, created_at"
 _OLD_COLUMNS = (
-    "id, key, kind, owner, name_terms, body_terms, length, scope, project_id, title, detail, status, line"
+    "id, key, kind, owner, name_terms, body_terms, length, scope, project_id, title, detail, status, line, "
+    "stamp"
 )
 _FTS_DELETE = (
     "INSERT INTO search_fts(search_fts, rowid, kind, name_terms, body_terms) "
@@ -175,7 +176,8 @@ class SearchStore:
         for o in old:
             new = by_key.get(o["key"])
             if new is not None and o["owner"] == new.doc.owner and o["same"] == new.same_as:
-                stamp_only.append({"id": o["id"], "stamp": new.doc.stamp})
+                if o["stamp"] != new.doc.stamp:
+                    stamp_only.append({"id": o["id"], "stamp": new.doc.stamp})
                 del by_key[o["key"]]
             else:
                 stale.append(o)
@@ -211,6 +213,7 @@ class SearchStore:
                 "name_terms": r.name_terms,
                 "body_terms": r.body_terms,
                 "length": r.length,
+                "stamp": r.stamp,
                 "same": (
                     r.name_terms,
                     r.body_terms,

@@ -68,7 +68,7 @@ def viewer(app: App, all_projects: bool = False) -> Viewer:
     return Viewer(
         projects,
         user_id=None if actor.user_id == "local" else actor.user_id,
-        is_admin=actor.is_admin,
+        all_users=actor.is_admin and actor.can("admin"),
         members=actor.can("admin"),
         operator=actor.can("operate"),
     )
