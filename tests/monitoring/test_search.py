@@ -4,6 +4,7 @@ users, nodes and events, keeping current without re-indexing what did not change
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import select, text
 
 from onebox.errors import InvalidInputError
+from onebox.monitoring import search as search_module
 from onebox.monitoring import search_store, search_sync
 from onebox.monitoring.search import Hooks, Query, SearchIndex, Viewer, parse_query
 from onebox.services import events
@@ -259,3 +261,45 @@ def test_concurrent_catch_ups_keep_the_index_consistent(app: App, index: SearchI
         job = s.get_one(Job, box.ids["job"]).error
     assert int(marks["stats:docs"]) == len(docs) and int(marks["stats:tokens"]) == sum(n for _, n in docs)
     assert find(index, member(box), "sft-finance", types="job")[0]["detail"] == job
+
+
+def test_a_search_indexes_a_bounded_share_of_new_log_lines(
+    app: App, index: SearchIndex, box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search_module, "QUERY_LOG_LINES", 2)
+    v = member(box)
+
+    def indexed() -> int:
+        with app.db.session() as s:
+            return len(s.scalars(select(SearchDoc.id).where(SearchDoc.kind == "log")).all())
+
+    assert find(index, v, "loading base") and indexed() == 2  # 5 lines in two logs: 2 per search
+    find(index, v, "0.87")
+    assert indexed() == 4
+    assert find(index, v, "0.87") and indexed() == 5
+    assert box.log is not None
+    with box.log.open("a", encoding="utf-8") as f:  # a progress bar: what the terminal shows last
+        f.write("epoch 1:  10%|█    |\repoch 1: 100%|█████| ferrari\n")
+    assert [h["detail"] for h in find(index, v, "ferrari")] == ["epoch 1: 100%|█████| ferrari"]
+
+
+def test_the_gateways_keeper_catches_up_in_the_background(app: App, index: SearchIndex, box: Box) -> None:
+    from onebox.services.search import Keeper
+
+    index.catch_up()
+    with app.db.session() as s:
+        s.get_one(Job, box.ids["job"]).error = "kept current"
+
+    async def run() -> None:
+        keeper = Keeper(app, interval_s=0.01)
+        keeper.start()
+        for _ in range(500):
+            await asyncio.sleep(0.02)
+            with app.db.session() as s:
+                doc = s.scalar(select(SearchDoc.detail).where(SearchDoc.key == f"job:{box.ids['job']}"))
+            if doc == "kept current":
+                break
+        await keeper.stop()
+        assert doc == "kept current"
+
+    asyncio.run(run())

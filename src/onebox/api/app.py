@@ -48,6 +48,7 @@ from onebox.monitoring.rules import load_rules
 from onebox.monitoring.tasks import DeploymentCounters
 from onebox.security.quotas import LimitsCache, QuotaGate, Ticket, tokens_from_usage
 from onebox.serve.supervisor import Replica, Route, Supervisor
+from onebox.services import search as search_service
 from onebox.services.context import open_app
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,14 @@ def create_app(
             mon = await asyncio.to_thread(Monitor, onebox.db, MonitorConfig.from_settings(settings))
             app.state.monitor = MonitorTask(mon, counters)
             app.state.monitor.start()
+        keeper = search_service.Keeper(onebox) if monitoring else None
+        if keeper is not None:  # the search index kept current off the request path
+            keeper.start()
         try:
             yield
         finally:
+            if keeper is not None:
+                await keeper.stop()
             if app.state.monitor is not None:
                 await app.state.monitor.stop()
             if supervise:

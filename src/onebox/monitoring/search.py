@@ -25,7 +25,7 @@ from onebox.monitoring import search_rank
 from onebox.monitoring.search_docs import KINDS
 from onebox.monitoring.search_hits import Resolver, Viewer
 from onebox.monitoring.search_store import SearchStore
-from onebox.monitoring.search_sync import Hooks, catch_up, rebuild
+from onebox.monitoring.search_sync import QUERY_LOG_LINES, Hooks, catch_up, rebuild
 from onebox.progress import ProgressFn, null_progress
 from onebox.rag.lexical import query_terms
 from onebox.store.tables import Project
@@ -93,9 +93,10 @@ class SearchIndex:
         self.store = SearchStore(engine)
         self.hooks = hooks or Hooks()
 
-    def catch_up(self, progress: ProgressFn = null_progress) -> int:
-        """Index what changed since the last catch-up; returns the documents written or removed."""
-        return catch_up(self.store, self.hooks, progress)
+    def catch_up(self, progress: ProgressFn = null_progress, log_lines: int | None = None) -> int:
+        """Index what changed since the last catch-up (at most ``log_lines`` new log lines);
+        returns the documents written or removed."""
+        return catch_up(self.store, self.hooks, progress, log_lines)
 
     def rebuild(self, progress: ProgressFn = null_progress) -> int:
         """Empty the index and index every resource and log again; returns the documents written."""
@@ -106,7 +107,7 @@ class SearchIndex:
         that cannot happen now (the store is busy) the current index answers."""
         if fresh:
             try:
-                self.catch_up()
+                self.catch_up(log_lines=QUERY_LOG_LINES)
             except SQLAlchemyError as exc:
                 log.warning("search index catch-up failed, answering from the index as it is: %s", exc)
         words = query_terms(query.text)[:MAX_TERMS]

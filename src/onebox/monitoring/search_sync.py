@@ -59,6 +59,9 @@ MAX_LOG_LINES = 50_000
 """Lines indexed per job log; a longer log is searchable in its first lines only."""
 MAX_LOG_READ = 4 << 20
 """Bytes of one log read per catch-up (the rest on the next)."""
+QUERY_LOG_LINES = 20_000
+"""Log lines one search's catch-up indexes at most (about 1 s): a burst of log output never holds
+a search for long; the gateway's background catch-up (and the next searches) take the rest."""
 DELETING_EVENTS = {"deployment.deleted": "deployment", "kb.deleted": "knowledge_base"}
 KB_CHANGING_EVENTS = frozenset({"kb.ingested", "kb.documents_removed", "kb.created", "kb.encrypted"})
 
@@ -222,6 +225,8 @@ class CatchUp:
     store: SearchStore
     hooks: Hooks
     progress: ProgressFn = null_progress
+    log_lines: int | None = None
+    """Log lines this catch-up may index (None: all there are)."""
     written: int = 0
     _batch: _Batch = field(default_factory=_Batch)
 
@@ -303,7 +308,7 @@ class CatchUp:
         if size < offset:  # replaced or truncated: index it again from the start
             out.delete_owners.append((f"job:{job.id}", "log"))
             offset = lines = 0
-        if size == offset or lines >= MAX_LOG_LINES:
+        if size == offset or lines >= MAX_LOG_LINES or self.log_lines == 0:
             return
         with open(job.log_path, "rb") as f:
             f.seek(offset)
@@ -314,15 +319,20 @@ class CatchUp:
         if end == 0 or (job.status in state.TERMINAL and offset + len(data) == size):
             end = len(data)
         docs = []
-        for raw in data[:end].splitlines():
+        done = 0  # bytes consumed
+        while done < end and lines < MAX_LOG_LINES and self.log_lines != 0:
+            nl = data.find(b"\n", done, end)
+            raw = data[done : end if nl < 0 else nl + 1]
+            done += len(raw)
             lines += 1
-            if lines > MAX_LOG_LINES:
-                break
-            text = raw.decode("utf-8", errors="replace").strip()
+            if self.log_lines is not None:
+                self.log_lines -= 1
+            # a progress bar redraws with \r: the line is what the terminal shows last
+            text = raw.decode("utf-8", errors="replace").rstrip().rsplit("\r", 1)[-1].strip()
             if text:
                 docs.append(sd.log_doc(job.id, job.name or job.id, job.project_id, lines, text))
         out.add(docs)
-        out.marks[f"log:{job.id}"] = f"{offset + end}:{min(lines, MAX_LOG_LINES)}"
+        out.marks[f"log:{job.id}"] = f"{offset + done}:{lines}"
         self.progress("index log", len(docs), None)
 
     def _flush(self, force: bool = False) -> None:
@@ -360,9 +370,12 @@ def _marks_of(store: SearchStore, sources: Sequence[str]) -> dict[str, str]:
         return store.marks_of(conn, sources)
 
 
-def catch_up(store: SearchStore, hooks: Hooks, progress: ProgressFn = null_progress) -> int:
-    """Bring the index up to date; returns the documents written or removed."""
-    return CatchUp(store, hooks, progress).run()
+def catch_up(
+    store: SearchStore, hooks: Hooks, progress: ProgressFn = null_progress, log_lines: int | None = None
+) -> int:
+    """Bring the index up to date (at most ``log_lines`` new log lines); returns the documents
+    written or removed."""
+    return CatchUp(store, hooks, progress, log_lines).run()
 
 
 def rebuild(store: SearchStore, hooks: Hooks, progress: ProgressFn = null_progress) -> int:

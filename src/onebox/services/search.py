@@ -10,6 +10,8 @@ another project's resource exists: such resources are not in its scopes (see
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -26,6 +28,9 @@ from onebox.services.projects import get_project
 from onebox.store.tables import KnowledgeBase, Project
 
 log = logging.getLogger(__name__)
+
+KEEP_CURRENT_S = 30.0
+"""How often the supervising gateway catches the index up in the background."""
 
 
 def _kb_documents(app: App) -> Any:
@@ -99,3 +104,31 @@ def rebuild(app: App, progress: ProgressFn = null_progress) -> dict[str, Any]:
     written = index(app).rebuild(progress)
     app.audit("search.rebuilt", resource_type="search_index", documents=written)
     return {"documents": written, "seconds": round(time.perf_counter() - started, 2)}
+
+
+class Keeper:
+    """Catches the index up every :data:`KEEP_CURRENT_S` in the background (the supervising
+    gateway runs one), so a search rarely has much to index and a burst of log output is indexed
+    off the request path."""
+
+    def __init__(self, app: App, interval_s: float = KEEP_CURRENT_S) -> None:
+        self.index = index(app)
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="search-keeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.to_thread(self.index.catch_up)
+            except Exception:  # the next pass tries again; searches still catch up themselves
+                log.exception("search index catch-up failed")
