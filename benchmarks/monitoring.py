@@ -31,8 +31,8 @@ from pathlib import Path
 from sqlalchemy import insert, select
 
 from onebox.config import Settings
-from onebox.monitoring import exposition
-from onebox.monitoring.loop import Monitor, MonitorConfig, MonitorTask
+from onebox.monitor import exposition
+from onebox.monitor.loop import Monitor, MonitorConfig, MonitorTask
 from onebox.services.context import open_app
 from onebox.services.projects import ensure_project
 from onebox.store.tables import Job, MetricPoint, MetricSeries, new_id

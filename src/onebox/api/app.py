@@ -1,7 +1,7 @@
 """The gateway (``onebox serve``): OpenAI-compatible ``/v1`` routed to deployment workers, the
 ``/api/v1`` control plane, ``/health`` and ``/metrics``.
 
-The gateway that supervises the workers also runs the monitor (``onebox.monitoring``): every
+The gateway that supervises the workers also runs the monitor (``onebox.monitor``): every
 ``monitor_interval_s`` it collects the four levels into the store, and ``/metrics`` serves its
 latest snapshot next to the gateway's own request metrics.
 
@@ -42,10 +42,10 @@ from onebox.api.search_routes import router as search_router
 from onebox.api.topology_routes import router as topology_router
 from onebox.config import Settings, load_settings
 from onebox.errors import InvalidInputError, OneboxError, Problem, UnavailableError
-from onebox.monitoring import exposition
-from onebox.monitoring.loop import Monitor, MonitorConfig, MonitorTask
-from onebox.monitoring.rules import load_rules
-from onebox.monitoring.tasks import DeploymentCounters
+from onebox.monitor import exposition
+from onebox.monitor.loop import Monitor, MonitorConfig, MonitorTask
+from onebox.monitor.rules import load_rules
+from onebox.monitor.tasks import DeploymentCounters
 from onebox.security.quotas import LimitsCache, QuotaGate, Ticket, tokens_from_usage
 from onebox.serve.supervisor import Replica, Route, Supervisor
 from onebox.services import search as search_service

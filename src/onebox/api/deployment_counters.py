@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from onebox.api.gateway_metrics import GatewayMetrics
-from onebox.monitoring.tasks import DeploymentCounters
+from onebox.monitor.tasks import DeploymentCounters
 from onebox.serve.supervisor import Supervisor
 
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from onebox.api.auth import onebox_for
-from onebox.monitoring.search import DEFAULT_LIMIT, MAX_LIMIT, MAX_QUERY_CHARS
-from onebox.monitoring.search_docs import KINDS
+from onebox.monitor.search import DEFAULT_LIMIT, MAX_LIMIT, MAX_QUERY_CHARS
+from onebox.monitor.search_docs import KINDS
 from onebox.services import search as search_service
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from onebox.cli.output import console, print_json
 from onebox.cli.state import JsonOpt, get_app, settings
-from onebox.monitoring.rules import load_rules
-from onebox.monitoring.signals import SIGNALS
+from onebox.monitor.rules import load_rules
+from onebox.monitor.signals import SIGNALS
 from onebox.services import events
 
 app = typer.Typer(

@@ -82,7 +82,7 @@ class Gatherer:
         self.local: Any = None
 
     def _local_rows(self) -> list[dict[str, Any]]:
-        from onebox.monitoring.loop import Monitor, MonitorConfig
+        from onebox.monitor.loop import Monitor, MonitorConfig
 
         first = self.local is None
         if first:

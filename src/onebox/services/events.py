@@ -19,7 +19,7 @@ from onebox.errors import (
     PermissionDeniedError,
     Problem,
 )
-from onebox.monitoring import alert_store
+from onebox.monitor import alert_store
 from onebox.services.context import App
 from onebox.services.projects import get_project
 from onebox.store.tables import Event, Project, new_id

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import select
 
 from onebox.errors import ErrorList, InvalidInputError, PermissionDeniedError, Problem
-from onebox.monitoring import cluster, tsdb
-from onebox.monitoring.catalog import METRICS
-from onebox.monitoring.samples import LEVELS
+from onebox.monitor import cluster, tsdb
+from onebox.monitor.catalog import METRICS
+from onebox.monitor.samples import LEVELS
 from onebox.services.context import App
 from onebox.services.projects import get_project
 from onebox.store.tables import Project

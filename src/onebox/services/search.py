@@ -5,7 +5,7 @@ Visibility follows the rest of the control plane: a project's resources to its m
 every reader; events of no project to those who may operate; users to system administrators,
 to the administrators of a project they belong to, and to themselves. A caller never learns that
 another project's resource exists: such resources are not in its scopes (see
-:mod:`onebox.monitoring.search_docs`), so it gets exactly what a word found nowhere gets.
+:mod:`onebox.monitor.search_docs`), so it gets exactly what a word found nowhere gets.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import select
 
 from onebox.errors import PermissionDeniedError
-from onebox.monitoring.search import Hooks, SearchIndex, Viewer, parse_query
-from onebox.monitoring.search_docs import KbDocument
+from onebox.monitor.search import Hooks, SearchIndex, Viewer, parse_query
+from onebox.monitor.search_docs import KbDocument
 from onebox.progress import ProgressFn, null_progress
 from onebox.services.context import App
 from onebox.services.projects import get_project

@@ -1,6 +1,6 @@
 """Task topology: for one job or deployment of the caller's project, gather the facts (inputs,
 outputs, worker processes, the node and devices they ran on, the gateway and its callers, health
-data and events) and build the graph with :func:`onebox.monitoring.topology.build`.
+data and events) and build the graph with :func:`onebox.monitor.topology.build`.
 
 A job or deployment of another project is not found, exactly like one that does not exist.
 Samples are read for the window the task ran in: the last few collection intervals while it runs,
@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from onebox.jobs import procs, state
-from onebox.monitoring import process_facts, topology
-from onebox.monitoring.topology_facts import (
+from onebox.monitor import process_facts, topology
+from onebox.monitor.topology_facts import (
     EventFact,
     GatewayFacts,
     LiveProcess,
@@ -30,7 +30,7 @@ from onebox.monitoring.topology_facts import (
     TopologyFacts,
     VersionFacts,
 )
-from onebox.monitoring.topology_graph import ADAPTER
+from onebox.monitor.topology_graph import ADAPTER
 from onebox.services import apikeys, deployments, jobs
 from onebox.services import topology_lineage as lineage
 from onebox.services.context import App

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from onebox.jobs import state
-from onebox.monitoring.topology_facts import VersionFacts
-from onebox.monitoring.topology_graph import ADAPTER, CHECKPOINT, DATASET_VERSION, MODEL_VERSION, REPORT
+from onebox.monitor.topology_facts import VersionFacts
+from onebox.monitor.topology_graph import ADAPTER, CHECKPOINT, DATASET_VERSION, MODEL_VERSION, REPORT
 from onebox.services.context import App
 from onebox.store.tables import Dataset, DatasetVersion, Job, Model, ModelVersion
 

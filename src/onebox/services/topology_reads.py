@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from onebox.monitoring import cluster, tsdb
-from onebox.monitoring.samples import COMPONENT, TASK
-from onebox.monitoring.topology_facts import EventFact, KeyFacts, NodeFacts
+from onebox.monitor import cluster, tsdb
+from onebox.monitor.samples import COMPONENT, TASK
+from onebox.monitor.topology_facts import EventFact, KeyFacts, NodeFacts
 from onebox.store.tables import ApiKey, AuditRecord, Event, MetricPoint, MetricSeries, Node, User
 
 ALERT_FIRING = "alert.firing."
