@@ -67,7 +67,14 @@ def search_command(
     if not hits:
         console.print(f"no hits for {query!r} (searched for: {', '.join(result['terms']) or 'no words'})")
         return
-    table = Table("type", "name", "detail", "related", "score", title=f"{len(hits)} hits for {query!r}")
+    table = Table(
+        "type",
+        "name",
+        "detail",
+        "related",
+        "score",
+        title=f"{len(hits)} hit{'' if len(hits) == 1 else 's'} for {query!r}",
+    )
     for h in hits:
         name = h["name"] + (f" #{h['line']}" if h.get("line") is not None else "")
         if h["status"]:
