@@ -23,9 +23,9 @@ from onebox.monitor.alerts import AlertEngine
 from onebox.monitor.rules import RuleSet, load_rules
 from onebox.monitor.samples import COMPONENT, TASK, Sample, Snapshot
 from onebox.services import apikeys, auth, events
-from onebox.services.context import App, open_app
+from onebox.services.context import App
 from onebox.store.tables import AuditRecord
-from tests.auth_helpers import admin_key, bearer
+from tests.auth_helpers import bearer
 from tests.monitor.helpers import project_id
 
 T0 = 1_800_000_000.0
@@ -34,18 +34,6 @@ T0 = 1_800_000_000.0
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(home=tmp_path_factory.mktemp("alerts") / "home", node_name="box-1")
-
-
-@pytest.fixture(scope="module")
-def box(settings: Settings) -> Iterator[App]:
-    app = open_app(settings)
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def admin(settings: Settings, box: App) -> dict[str, str]:
-    return bearer(admin_key(settings))
 
 
 @pytest.fixture(scope="module")

@@ -13,26 +13,14 @@ from onebox.api.app import create_app
 from onebox.config import Settings
 from onebox.monitor.exposition import exported_names
 from onebox.services import apikeys, auth
-from onebox.services.context import App, open_app
-from tests.auth_helpers import admin_key, bearer
+from onebox.services.context import App
+from tests.auth_helpers import bearer
 from tests.monitor.helpers import running_job
 
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(home=tmp_path_factory.mktemp("monitoring") / "home", node_name="box-1")
-
-
-@pytest.fixture(scope="module")
-def box(settings: Settings) -> Iterator[App]:
-    app = open_app(settings)
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def admin(settings: Settings, box: App) -> dict[str, str]:
-    return bearer(admin_key(settings))
 
 
 @pytest.fixture(scope="module")

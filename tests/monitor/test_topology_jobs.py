@@ -30,10 +30,9 @@ from onebox.monitor.nvml import GpuCollector
 from onebox.monitor.samples import COMPONENT, Sample, Snapshot
 from onebox.monitor.tsdb import SeriesWriter
 from onebox.services import datasets, events, jobs, models, topology, training
-from onebox.services.context import App, open_app
+from onebox.services.context import App
 from onebox.store.tables import Job, ModelVersion, new_id
 from onebox.train.config import SFTConfig
-from tests.auth_helpers import admin_key, bearer
 from tests.monitor.fakes import FakeNvml
 from tests.monitor.helpers import project_id
 from tests.train.conftest import make_tiny_model
@@ -44,13 +43,6 @@ HOST = socket.gethostname()
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(home=tmp_path_factory.mktemp("topology") / "home")
-
-
-@pytest.fixture(scope="module")
-def box(settings: Settings) -> Iterator[App]:
-    app = open_app(settings)
-    yield app
-    app.close()
 
 
 @pytest.fixture(scope="module")
@@ -306,11 +298,6 @@ def test_another_projects_job_is_not_found_like_a_missing_one(sqlite_app: App) -
 def client(settings: Settings, box: App) -> Iterator[TestClient]:
     with TestClient(create_app(settings, supervise=False, monitor=False)) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def admin(settings: Settings, box: App) -> dict[str, str]:
-    return bearer(admin_key(settings))
 
 
 def test_api_serves_the_graph_and_hides_other_projects(
