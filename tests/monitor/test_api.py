@@ -144,3 +144,20 @@ def test_prometheus_parses_metrics_with_the_four_levels(
     assert len(set(families) & exported_names()) > 30
     bobs = {f.name: f for f in text_string_to_metric_families(client.get("/metrics", headers=bob).text)}
     assert {s.labels["resource"] for s in bobs["onebox_job_loss"].samples} == {f"job:{jobs['team-b']}"}
+
+
+def test_a_system_admins_read_only_key_sees_its_project_only(
+    client: TestClient, box: App, admin: dict[str, str], jobs: dict[str, str]
+) -> None:
+    """A dashboard key of an administrator, narrowed to ``read``, is not an administrator: no
+    other project's series, events or search hits."""
+    dash = bearer(apikeys.create_key(box, name="dashboard", username="admin", scopes=["read"])["secret"])
+    params = {"level": "task", "metric": "job_loss", "all_projects": True}
+    assert client.get("/api/v1/metrics/query", params=params, headers=dash).status_code == 403
+    assert client.get("/api/v1/events", params={"all_projects": True}, headers=dash).status_code == 403
+    assert (
+        client.get("/api/v1/search", params={"q": "train", "all_projects": True}, headers=dash).status_code
+        == 403
+    )
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics", headers=dash).text)}
+    assert {s.labels["resource"] for s in families["onebox_job_loss"].samples} == {f"job:{jobs['default']}"}

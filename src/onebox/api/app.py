@@ -203,7 +203,7 @@ def create_app(
         if task is not None:
             # a caller who is not an administrator sees only its own project's task series
             principal = getattr(request.state, "principal", None)
-            projects = None if principal is None or principal.is_admin else [principal.project_id]
+            projects = None if principal is None or principal.system_admin else [principal.project_id]
             try:
                 snapshot = await task.snapshot()
             except Exception:  # the store is unreachable: still serve the gateway's own metrics

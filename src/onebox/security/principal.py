@@ -75,6 +75,12 @@ class Principal:
     def can(self, permission: str) -> bool:
         return permission in self.permissions
 
+    @property
+    def system_admin(self) -> bool:
+        """A system administrator acting with the admin permission in hand: sees every project.
+        A system admin's key narrowed by scopes (say to ``read`` for a dashboard) does not."""
+        return self.is_admin and self.can("admin")
+
     def require(self, permission: str, action: str = "") -> None:
         if not self.can(permission):
             why = (

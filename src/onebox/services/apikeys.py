@@ -115,7 +115,7 @@ def _visible(app: App) -> Any:
     actor = app.actor()
     q = select(ApiKey, User.username, Project.name).join(User, User.id == ApiKey.user_id)
     q = q.join(Project, Project.id == ApiKey.project_id)
-    if actor.is_admin:
+    if actor.system_admin:
         return q
     if actor.can("admin"):
         return q.where(ApiKey.project_id == actor.project_id)

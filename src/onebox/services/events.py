@@ -76,7 +76,7 @@ def _visible(app: App, all_projects: bool) -> Any:
     ask for them. None: no restriction."""
     principal = app.principal
     if all_projects:
-        if principal is not None and not principal.is_admin:
+        if principal is not None and not principal.system_admin:
             raise PermissionDeniedError("only administrators may see every project's events")
         return None
     with app.db.session() as s:

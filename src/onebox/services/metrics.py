@@ -82,7 +82,7 @@ def visible_projects(app: App, all_projects: bool) -> list[str] | None:
     """Project ids whose task series the caller sees (None: all)."""
     principal = app.principal
     if all_projects:
-        if principal is not None and not principal.is_admin:
+        if principal is not None and not principal.system_admin:
             raise PermissionDeniedError("only administrators may see every project's task metrics")
         return None
     with app.db.session() as s:

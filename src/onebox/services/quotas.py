@@ -156,7 +156,7 @@ def show(app: App, project: str | None = None, *, gate: QuotaGate | None = None)
     name = project or app.settings.project
     with app.db.session() as s:
         p = get_project(s, name)
-        if p.id != actor.project_id and not actor.is_admin:
+        if p.id != actor.project_id and not actor.system_admin:
             raise PermissionDeniedError(f"{actor.username} may not see the quotas of project {name!r}")
         actor.require("read", "see quotas")
         limits = _project_limits(p)

@@ -65,7 +65,7 @@ def viewer(app: App, all_projects: bool = False) -> Viewer:
     actor = app.actor()
     with app.db.session() as s:
         if all_projects:
-            if not actor.is_admin:
+            if not actor.system_admin:
                 raise PermissionDeniedError("only administrators may search every project")
             projects = tuple(s.scalars(select(Project.id).order_by(Project.id)))
         else:
@@ -73,7 +73,7 @@ def viewer(app: App, all_projects: bool = False) -> Viewer:
     return Viewer(
         projects,
         user_id=None if actor.user_id == "local" else actor.user_id,
-        all_users=actor.is_admin and actor.can("admin"),
+        all_users=actor.system_admin,
         members=actor.can("admin"),
         operator=actor.can("operate"),
     )
@@ -98,7 +98,7 @@ def search(
 def rebuild(app: App, progress: ProgressFn = null_progress) -> dict[str, Any]:
     """Empty the index and index everything again (system administrators)."""
     actor = app.actor()
-    if not actor.is_admin:
+    if not actor.system_admin:
         raise PermissionDeniedError("only administrators may rebuild the search index")
     started = time.perf_counter()
     written = index(app).rebuild(progress)
