@@ -98,3 +98,30 @@ def test_plain_homes_have_no_sealer(tmp_path: Path) -> None:
     assert encryption.sealer(app, "job-1") is None
     with pytest.raises(KeyUnavailableError):
         encryption.opener(app, "job-1")
+
+
+def _create_in_child(args: tuple[str, str, str]) -> str:
+    home, key_file, subject = args
+    app = open_app(Settings(home=Path(home), encrypt_artifacts=True, master_key_file=Path(key_file)))
+    keys = DataKeys.from_codec(app.blobs.codec)
+    assert keys is not None
+    return keys.get_or_create(subject).hex()
+
+
+def test_concurrent_creators_all_get_the_one_stored_key(tmp_path: Path) -> None:
+    """Two uploads into an older KB need its key at once: threads and processes racing to create
+    it must all seal with the key that ends up stored."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    key_file = write_key_file(tmp_path / "master.key")
+    app = _app(tmp_path, key_file)
+    keys = DataKeys.from_codec(app.blobs.codec)
+    assert keys is not None
+    with ThreadPoolExecutor(8) as pool:
+        got = set(pool.map(lambda _: keys.get_or_create("kb-race").hex(), range(16)))
+    assert got == {keys.get("kb-race").hex()}
+    args = (str(tmp_path / "home"), str(key_file), "kb-race2")
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        got = set(pool.map(_create_in_child, [args] * 6))
+    assert got == {keys.get("kb-race2").hex()}

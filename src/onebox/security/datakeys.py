@@ -7,15 +7,22 @@ backup of the key records covers them. Deleting a subject's key makes everything
 it unreadable at once (crypto-shredding), which is how a deleted knowledge base is forgotten
 even where a copy of its folder survives.
 
-A subject's key is created once, by the process that creates the subject (a KB at ``kb
-create``, a job when its worker first seals something); two processes racing to create the
-same subject is not supported.
+Creation is exclusive: a thread lock and, on a local key store, an ``flock`` on
+``<keys>/named-keys.lock`` are held while the key is checked for and written, so two threads or
+processes that need the same subject's key at once (two uploads into an older KB) both end up
+with the one key that is stored. (Object stores have no such lock: there, the first writer of a
+subject must be the only one, as it is when a subject's key is made when the subject is.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 from onebox.errors import ArtifactMissingError, InvalidInputError, KeyUnavailableError
 from onebox.security.envelope import EnvelopeCodec, KeyRecord, KeyStore, key_context, record_name
@@ -23,6 +30,7 @@ from onebox.security.keys import Keyring
 from onebox.security.streams import Sealer
 
 NAMED_DEK_ID = bytes(16)
+_CREATE_LOCK = threading.Lock()
 _SUBJECT = re.compile(r"^[a-z]+-[A-Za-z0-9_-]{1,100}$")
 
 
@@ -65,10 +73,26 @@ class DataKeys:
     def get_or_create(self, subject: str) -> bytes:
         if self.exists(subject):
             return self.get(subject)
-        key = os.urandom(32)
-        key_id, wrapped = self.keyring.wrap(key, key_context(subject, NAMED_DEK_ID))
-        self.keystore.put(KeyRecord(subject, NAMED_DEK_ID, key_id, wrapped))
-        return key
+        with _CREATE_LOCK, self._store_lock():
+            if self.exists(subject):  # another thread or process made it while we waited
+                return self.get(subject)
+            key = os.urandom(32)
+            key_id, wrapped = self.keyring.wrap(key, key_context(subject, NAMED_DEK_ID))
+            self.keystore.put(KeyRecord(subject, NAMED_DEK_ID, key_id, wrapped))
+            return key
+
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        root = getattr(self.keystore.backend, "root", None)
+        if not isinstance(root, Path):  # an object store: no cross-process lock to take
+            yield
+            return
+        with open(root / "named-keys.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def sealer(self, subject: str, *, create: bool = True) -> Sealer:
         key = self.get_or_create(subject) if create else self.get(subject)
