@@ -125,3 +125,23 @@ def test_concurrent_creators_all_get_the_one_stored_key(tmp_path: Path) -> None:
     with multiprocessing.get_context("spawn").Pool(3) as pool:
         got = set(pool.map(_create_in_child, [args] * 6))
     assert got == {keys.get("kb-race2").hex()}
+
+
+def test_a_job_keeps_the_form_its_checkpoints_began_in(tmp_path: Path) -> None:
+    """Checkpoints written before encryption was turned on stay readable (the job stays plaintext
+    rather than restarting from step 0); a job that began sealed stays sealed."""
+    from onebox.services.training import job_sealer
+
+    key_file = write_key_file(tmp_path / "master.key")
+    enc = _app(tmp_path, key_file)
+    plain_run, sealed_run, fresh_run = (tmp_path / n for n in ("plain", "sealed", "fresh"))
+    (plain_run / "checkpoints/step-000001").mkdir(parents=True)
+    (plain_run / "checkpoints/step-000001/state.pt").write_bytes(b"PK\x03\x04 torch zip")
+    assert job_sealer(enc, "1", plain_run) is None
+    fresh = job_sealer(enc, "2", fresh_run)
+    assert fresh is not None and fresh.scope == "job-2"
+    (sealed_run / "checkpoints/step-000001").mkdir(parents=True)
+    fresh.write(sealed_run / "checkpoints/step-000001/state.pt", b"state", "checkpoints/step-000001/state.pt")
+    off = open_app(Settings(home=tmp_path / "home", master_key_file=key_file))  # encryption since turned off
+    still = job_sealer(off, "2", sealed_run)
+    assert still is not None and still.key == fresh.key

@@ -164,10 +164,16 @@ def submit_train(
 
 def job_sealer(app: App, job_id: str, run_dir: Path) -> Sealer | None:
     """What seals the job's checkpoints: its data key with encryption on, or when the job already
-    sealed some (a job that began sealed stays sealed, even if encryption was since turned off)."""
+    sealed some. A job keeps the form it began in: one that began sealed stays sealed even if
+    encryption was since turned off, and one whose checkpoints were written before encryption was
+    turned on stays plaintext (refusing them would silently restart it from step 0)."""
     subject = f"job-{job_id}"
+    states = list(run_dir.glob("checkpoints/step-*/state.pt"))
+    began_sealed = any(is_sealed_file(p) for p in states)
+    if states and not began_sealed:
+        return None
     sealer = encryption.sealer(app, subject)
-    if sealer is None and any(is_sealed_file(p) for p in run_dir.glob("checkpoints/step-*/state.pt")):
+    if sealer is None and began_sealed:
         sealer = encryption.opener(app, subject)
     return sealer
 
