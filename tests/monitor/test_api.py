@@ -111,6 +111,7 @@ def test_bad_queries_name_the_field(client: TestClient, admin: dict[str, str]) -
         ({"start": "1e400"}, "start"),
         ({"end": "99999999999999999999d"}, "end"),
         ({"resolution": "fine"}, "resolution"),
+        ({"start": "-30d", "step": 1, "resolution": "rollup"}, "step"),  # 2.6M points per series
     ):
         r = client.get("/api/v1/metrics/query", params=params, headers=admin)
         assert r.status_code == 400, (params, r.text)

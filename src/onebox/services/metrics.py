@@ -26,6 +26,9 @@ from onebox.store.tables import Project
 
 MAX_POINTS = 720
 """Default resolution: at most this many buckets per series."""
+MAX_QUERY_POINTS = 11_000
+"""Most points per series an explicit ``step`` may ask for (Prometheus' own limit), so one query
+cannot make the gateway build millions of points."""
 MAX_SERIES_LIMIT = 1000
 MAX_STEP_S = 366 * 86400
 LATEST_TIME = 4102444800.0  # 2100-01-01: anything later (or before 1970) is a typo, not a time
@@ -160,6 +163,17 @@ def query(
     rollup_s = settings.monitor_rollup_s
     native = rollup_s if resolution == "rollup" else max(settings.monitor_interval_s, 1.0)
     span = t_end - t_start
+    if step is not None and span / step > MAX_QUERY_POINTS:
+        raise InvalidInputError(
+            "the query asks for too many points per series",
+            problems=[
+                Problem(
+                    "step",
+                    f"{math.ceil(span / step)} points per series, over {MAX_QUERY_POINTS}",
+                    f"use step >= {math.ceil(span / MAX_QUERY_POINTS)} or a shorter range",
+                )
+            ],
+        )
     step_s = step if step is not None else max(native, math.ceil(span / MAX_POINTS))
     if resolution == "rollup":
         step_s = math.ceil(step_s / rollup_s) * rollup_s
