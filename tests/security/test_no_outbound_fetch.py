@@ -25,7 +25,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("services/kbs.py", "http_generator.generate", "httpx.post"): (
         "called with replica.url (kbs_routes) or by the CLI with its operator's --url; never request data"
     ),
-    ("monitoring/webhooks.py", "_run", "httpx.Client"): (
+    ("monitor/webhooks.py", "_run", "httpx.Client"): (
         "alert webhooks: URLs only from the operator's rules file or ONEBOX_ALERT_WEBHOOKS; no route sets one"
     ),
     ("models/hub.py", "download", "snapshot_download"): (
