@@ -82,15 +82,19 @@ class SeriesWriter:
     def write(self, snapshot: Snapshot) -> int:
         """Store the snapshot's samples as raw points; returns how many were written."""
         ts = max(to_ms(snapshot.ts), self._last_ts + 1)  # two passes in one ms stay distinct
-        with self.db.session() as s:
-            ids = self._series_ids(s, snapshot)
-            rows = {}
-            for smp in snapshot.samples:
-                if math.isfinite(smp.value):
-                    sid = ids[_key(smp)]
-                    rows[sid] = {"series_id": sid, "resolution": RAW, "ts": ts, "value": float(smp.value)}
-            if rows:
-                s.execute(insert(MetricPoint), list(rows.values()))
+        try:
+            with self.db.session() as s:
+                ids = self._series_ids(s, snapshot)
+                rows = {}
+                for smp in snapshot.samples:
+                    if math.isfinite(smp.value):
+                        sid = ids[_key(smp)]
+                        rows[sid] = {"series_id": sid, "resolution": RAW, "ts": ts, "value": float(smp.value)}
+                if rows:
+                    s.execute(insert(MetricPoint), list(rows.values()))
+        except Exception:
+            self._ids = None  # ids cached in a rolled-back transaction (or taken by another writer)
+            raise
         self._last_ts = ts
         return len(rows)
 
@@ -261,7 +265,12 @@ def latest(session: Session, clauses: list[Any], *, since_ms: int) -> list[Serie
     """The newest raw point of each matching series, if newer than ``since_ms``."""
     newest = (
         select(MetricPoint.series_id, func.max(MetricPoint.ts).label("ts"))
-        .where(MetricPoint.resolution == RAW, MetricPoint.ts >= since_ms)
+        .where(
+            MetricPoint.resolution == RAW,
+            MetricPoint.ts >= since_ms,
+            # only the matching series' points: a topology asks since a job's start, hours ago
+            MetricPoint.series_id.in_(select(MetricSeries.id).where(*clauses)),
+        )
         .group_by(MetricPoint.series_id)
         .subquery()
     )
