@@ -6,6 +6,7 @@ running) it collects on this machine itself, so it works either way.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -86,7 +87,9 @@ class Gatherer:
 
         first = self.local is None
         if first:
-            self.local = Monitor(self.app.db, MonitorConfig.from_settings(self.app.settings))
+            # no alerts from a terminal: evaluating (and resuming webhook deliveries) is the gateway's job
+            config = dataclasses.replace(MonitorConfig.from_settings(self.app.settings), alerts=False)
+            self.local = Monitor(self.app.db, config)
             self.local.collect()  # rates and CPU need two passes
             time.sleep(0.5)
         snap = self.local.collect()
