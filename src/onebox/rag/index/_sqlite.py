@@ -168,7 +168,7 @@ def connect(path: Path, key: bytes | None = None) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout=60000")
         conn.execute("PRAGMA cache_size=-65536")
     except DatabaseError as exc:
-        if key is not None:
+        if key is not None and "not a database" in str(exc):  # SQLITE_NOTADB: the key does not open it
             raise KeyUnavailableError(
                 f"{path} cannot be decrypted with its knowledge base's data key: the key records "
                 "belong to another home or were restored from another backup, or the file is damaged",
