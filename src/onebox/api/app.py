@@ -109,16 +109,16 @@ def create_app(
             timeout=httpx.Timeout(connect=2.0, read=None, write=60.0, pool=None),
             limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
         )
-        if supervise:
-            await supervisor.start()
-        if monitoring:
-            mon = await asyncio.to_thread(Monitor, onebox.db, MonitorConfig.from_settings(settings))
-            app.state.monitor = MonitorTask(mon, counters)
-            app.state.monitor.start()
-        keeper = search_service.Keeper(onebox) if monitoring else None
-        if keeper is not None:  # the search index kept current off the request path
-            keeper.start()
-        try:
+        keeper: search_service.Keeper | None = None
+        try:  # whatever fails to start, what did start is stopped below
+            if supervise:
+                await supervisor.start()
+            if monitoring:
+                mon = await asyncio.to_thread(Monitor, onebox.db, MonitorConfig.from_settings(settings))
+                app.state.monitor = MonitorTask(mon, counters)
+                app.state.monitor.start()
+                keeper = search_service.Keeper(onebox)  # the search index kept current off the request path
+                keeper.start()
             yield
         finally:
             if keeper is not None:

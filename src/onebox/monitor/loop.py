@@ -175,6 +175,7 @@ class MonitorTask:
         self.deployments = deployments
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one pass at a time: the writer and rate state are not shared-safe
+        self._inflight: asyncio.Future[Snapshot] | None = None
 
     def start(self) -> None:
         if self.monitor.config.interval_s > 0:
@@ -183,7 +184,9 @@ class MonitorTask:
     async def pass_once(self) -> Snapshot:
         async with self._lock:
             counters = await self.deployments() if self.deployments is not None else None
-            return await asyncio.to_thread(self.monitor.step, counters)
+            # shielded and remembered: cancelling the awaiting task does not stop the thread
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.monitor.step, counters))
+            return await asyncio.shield(self._inflight)
 
     async def snapshot(self) -> Snapshot:
         """The latest snapshot, after a first pass if none ran yet (a scrape right after start)."""
@@ -212,4 +215,7 @@ class MonitorTask:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._inflight is not None:  # a pass still running in its thread must end before close
+            with contextlib.suppress(Exception):
+                await self._inflight
         await asyncio.to_thread(self.monitor.close)

@@ -115,20 +115,27 @@ class Keeper:
         self.index = index(app)
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[Any] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="search-keeper")
 
     async def stop(self) -> None:
+        """Stop, and wait for a catch-up already running in its thread (cancelling the task does
+        not stop the thread, and the store is closed right after)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._inflight is not None:
+            with contextlib.suppress(Exception):
+                await self._inflight
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await asyncio.to_thread(self.index.catch_up)
+                self._inflight = asyncio.ensure_future(asyncio.to_thread(self.index.catch_up))
+                await asyncio.shield(self._inflight)
             except Exception:  # the next pass tries again; searches still catch up themselves
                 log.exception("search index catch-up failed")
