@@ -96,3 +96,21 @@ def test_process_meter_follows_children() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_pid_reused_after_the_worker_died_lends_the_job_nothing(sqlite_app: App) -> None:
+    """A process started long after the job did holds the job's old pid: not the worker."""
+    from datetime import UTC, datetime, timedelta
+
+    from onebox.store.tables import Job
+
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        job = running_job(sqlite_app, pid=stranger.pid, loss=1.0)
+        with sqlite_app.db.session() as s:
+            s.get(Job, job).started_at = datetime.now(UTC) - timedelta(hours=1)
+        got = _by(TaskCollector(sqlite_app.db, socket.gethostname()).collect(time.time()), f"job:{job}")
+        assert got["job_loss"] == 1.0 and "task_processes" not in got
+    finally:
+        stranger.kill()
+        stranger.wait(timeout=10)

@@ -10,7 +10,7 @@ those counters), and rates are taken between passes here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -124,13 +124,14 @@ class TaskCollector:
                     Job.pid,
                     Job.host,
                     Job.heartbeat_at,
+                    Job.started_at,
                 )
                 .join(Project, Project.id == Job.project_id)
                 .where(Job.status.in_(ACTIVE))
             ).all()
         self.jobs_running = len(rows)
         out: list[Sample] = []
-        for job_id, name, project_id, project, metrics, progress, pid, host, beat in rows:
+        for job_id, name, project_id, project, metrics, progress, pid, host, beat, started in rows:
             res = f"job:{job_id}"
             values: dict[str, float] = {"job_progress_ratio": float(progress or 0.0)}
             for key, metric in JOB_METRICS.items():
@@ -143,7 +144,7 @@ class TaskCollector:
                 Sample(TASK, res, m, v, name=name, project_id=project_id, project=project)
                 for m, v in values.items()
             ]
-            if pid and host == self.hostname:
+            if pid and host == self.hostname and _predates(pid, started):
                 usage = self._procs.measure([pid], now, gpu_memory)
                 out += self._process_samples(res, name, project_id, project, usage)
         return out
@@ -189,3 +190,21 @@ class TaskCollector:
             usage = self._procs.measure(d.pids, now, gpu_memory)
             out += self._process_samples(res, d.name, d.project_id, project, usage)
         return out
+
+
+PID_START_SLACK_S = 60.0
+
+
+def _predates(pid: int, started: datetime | None) -> bool:
+    """Whether ``pid`` is a process that existed when the job started: a pid reused by an
+    unrelated process after the worker died must not lend the job its CPU and memory."""
+    if started is None:
+        return True
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return False
+    at = started if started.tzinfo else started.replace(tzinfo=UTC)
+    return created <= at.timestamp() + PID_START_SLACK_S
